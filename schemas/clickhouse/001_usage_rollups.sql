@@ -1,0 +1,21 @@
+-- Rollups: one row per (tenant, meter, usage period, source partition), replaced by the row
+-- with the highest through_offset (the partition offset below which it includes all events).
+-- A tenant's usage for a period:
+--   SELECT sum(value) FROM callmeter.usage_rollups FINAL
+--   WHERE tenant_id = ? AND meter = ? AND period_start = ?
+CREATE TABLE IF NOT EXISTS callmeter.usage_rollups
+(
+    tenant_id String,
+    meter String,
+    period_start DateTime('UTC'),
+    period_end DateTime('UTC'),
+    value Decimal(38, 9),
+    event_count UInt64,
+    source_topic String,
+    source_partition UInt32,
+    through_offset Int64,
+    updated_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree(through_offset)
+PARTITION BY toYYYYMM(period_start)
+ORDER BY (tenant_id, meter, period_start, source_topic, source_partition);

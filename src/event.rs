@@ -1,0 +1,774 @@
+//! CloudEvents 1.0 decoding and validation (CONTRACT section 1), pure and allocation-light:
+//! strings are borrowed from the message payload where JSON escaping allows.
+//!
+//! [`decode`] turns payload bytes into an [`Event`] or a [`Rejection`] carrying the
+//! dead-letter code. Tenant-dependent checks (unknown tenant, currency, clock skew, closed
+//! period) happen later, in [`crate::state`], because they need the catalog and the clock.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Dead-letter reason codes (header `callmeter.error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidEvent,
+    UnsupportedType,
+    InvalidData,
+    UnknownTenant,
+    CurrencyMismatch,
+    FutureEvent,
+    PeriodClosed,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidEvent,
+        ErrorCode::UnsupportedType,
+        ErrorCode::InvalidData,
+        ErrorCode::UnknownTenant,
+        ErrorCode::CurrencyMismatch,
+        ErrorCode::FutureEvent,
+        ErrorCode::PeriodClosed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidEvent => "invalid_event",
+            ErrorCode::UnsupportedType => "unsupported_type",
+            ErrorCode::InvalidData => "invalid_data",
+            ErrorCode::UnknownTenant => "unknown_tenant",
+            ErrorCode::CurrencyMismatch => "currency_mismatch",
+            ErrorCode::FutureEvent => "future_event",
+            ErrorCode::PeriodClosed => "period_closed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an event cannot be counted: the dead-letter code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+pub const CALL_COMPLETED: &str = "call.completed";
+pub const REVENUE_RECORDED: &str = "revenue.recorded";
+pub const WALLET_TOPPED_UP: &str = "wallet.topped_up";
+
+/// Maximum `duration_ms` of a call: 24 h.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
+/// `call.completed` data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallCompleted<'a> {
+    pub call_id: Cow<'a, str>,
+    pub duration_ms: u64,
+    pub direction: Direction,
+    pub handled_by: HandledBy,
+    pub revenue: Option<Money<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandledBy {
+    Ai,
+    Human,
+}
+
+impl HandledBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandledBy::Ai => "ai",
+            HandledBy::Human => "human",
+        }
+    }
+}
+
+/// An amount with its ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Money<'a> {
+    pub amount: Decimal,
+    pub currency: Cow<'a, str>,
+}
+
+/// `revenue.recorded` data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevenueRecorded<'a> {
+    pub amount: Money<'a>,
+    pub order_id: Option<Cow<'a, str>>,
+    pub call_id: Option<Cow<'a, str>>,
+}
+
+/// `wallet.topped_up` data (prepaid credit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalletTopUp<'a> {
+    pub amount: Money<'a>,
+    pub payment_reference: Cow<'a, str>,
+}
+
+/// The typed `data` of an event.
+#[derive(Debug, Clone)]
+pub enum Body<'a> {
+    Call(CallCompleted<'a>),
+    Revenue(RevenueRecorded<'a>),
+    WalletTopUp(WalletTopUp<'a>),
+    /// A type only configured meters read; fields are looked up on demand.
+    Custom,
+}
+
+/// A decoded, envelope-valid CloudEvent.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub id: Cow<'a, str>,
+    pub source: Cow<'a, str>,
+    pub ty: Cow<'a, str>,
+    pub subject: Cow<'a, str>,
+    pub time: DateTime<Utc>,
+    /// The raw `data` object (for configured meters' field look-ups).
+    pub data: &'a RawValue,
+    pub body: Body<'a>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    specversion: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    datacontenttype: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data_base64: Option<&'a RawValue>,
+}
+
+/// Is `s` a valid tenant id: 1..128 characters of `[A-Za-z0-9._:-]`.
+pub fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn json_error(payload: &[u8], e: serde_json::Error) -> Rejection {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            Rejection::new(ErrorCode::InvalidJson, format!("not parseable JSON: {e}"))
+        }
+        Category::Data => {
+            // A type error can hide a syntax error further on: tell them apart.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_err() {
+                Rejection::new(ErrorCode::InvalidJson, format!("not parseable JSON: {e}"))
+            } else {
+                Rejection::new(ErrorCode::InvalidEvent, format!("not a CloudEvent: {e}"))
+            }
+        }
+    }
+}
+
+fn required<'a>(
+    v: Option<Cow<'a, str>>,
+    name: &str,
+    max: usize,
+) -> Result<Cow<'a, str>, Rejection> {
+    let v = v.ok_or_else(|| {
+        Rejection::new(
+            ErrorCode::InvalidEvent,
+            format!("missing attribute `{name}`"),
+        )
+    })?;
+    let n = v.chars().count();
+    if n == 0 || n > max {
+        return Err(Rejection::new(
+            ErrorCode::InvalidEvent,
+            format!("attribute `{name}` must be 1..{max} characters, got {n}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Decodes and validates a CloudEvent in structured JSON mode.
+///
+/// `known_type` says whether a `type` is one the pipeline counts (built-in or used by a
+/// configured meter). Errors: `invalid_json`, `invalid_event`, `unsupported_type`,
+/// `invalid_data`.
+pub fn decode<'a>(
+    payload: &'a [u8],
+    known_type: impl Fn(&str) -> bool,
+) -> Result<Event<'a>, Rejection> {
+    if !payload.first().is_some_and(|_| true) {
+        return Err(Rejection::new(ErrorCode::InvalidJson, "empty payload"));
+    }
+    let env: Envelope<'a> = match serde_json::from_slice(payload) {
+        Ok(e) => e,
+        Err(e) => return Err(json_error(payload, e)),
+    };
+    match env.specversion.as_deref() {
+        Some("1.0") => {}
+        Some(v) => {
+            return Err(Rejection::new(
+                ErrorCode::InvalidEvent,
+                format!("specversion must be \"1.0\", got \"{v}\""),
+            ));
+        }
+        None => {
+            return Err(Rejection::new(
+                ErrorCode::InvalidEvent,
+                "missing attribute `specversion`",
+            ));
+        }
+    }
+    let id = required(env.id, "id", 128)?;
+    let source = required(env.source, "source", 256)?;
+    let ty = required(env.ty, "type", 256)?;
+    let subject = env.subject.ok_or_else(|| {
+        Rejection::new(
+            ErrorCode::InvalidEvent,
+            "missing attribute `subject` (the tenant id)",
+        )
+    })?;
+    if !valid_subject(&subject) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidEvent,
+            "attribute `subject` (the tenant id) must be 1..128 characters of [A-Za-z0-9._:-]",
+        ));
+    }
+    let time = env
+        .time
+        .ok_or_else(|| Rejection::new(ErrorCode::InvalidEvent, "missing attribute `time`"))?;
+    let time = DateTime::parse_from_rfc3339(&time)
+        .map_err(|e| {
+            Rejection::new(
+                ErrorCode::InvalidEvent,
+                format!("attribute `time` is not RFC 3339 with an offset: {e}"),
+            )
+        })?
+        .with_timezone(&Utc);
+    if let Some(ct) = env.datacontenttype.as_deref()
+        && !ct.contains("json")
+    {
+        return Err(Rejection::new(
+            ErrorCode::InvalidEvent,
+            format!("datacontenttype `{ct}` is not JSON"),
+        ));
+    }
+    if env.data_base64.is_some() {
+        return Err(Rejection::new(
+            ErrorCode::InvalidEvent,
+            "data_base64 is not supported: send `data` as a JSON object",
+        ));
+    }
+    if !known_type(&ty) {
+        return Err(Rejection::new(
+            ErrorCode::UnsupportedType,
+            format!("no meter uses events of type `{ty}`"),
+        ));
+    }
+    let data = env
+        .data
+        .ok_or_else(|| Rejection::new(ErrorCode::InvalidData, "missing `data` object"))?;
+    if !data.get().trim_start().starts_with('{') {
+        return Err(Rejection::new(
+            ErrorCode::InvalidData,
+            "`data` must be a JSON object",
+        ));
+    }
+    let body = match &*ty {
+        CALL_COMPLETED => Body::Call(decode_call(data)?),
+        REVENUE_RECORDED => Body::Revenue(decode_revenue(data)?),
+        WALLET_TOPPED_UP => Body::WalletTopUp(decode_topup(data)?),
+        _ => Body::Custom,
+    };
+    Ok(Event {
+        id,
+        source,
+        ty,
+        subject,
+        time,
+        data,
+        body,
+    })
+}
+
+fn invalid(msg: impl Into<String>) -> Rejection {
+    Rejection::new(ErrorCode::InvalidData, msg)
+}
+
+#[derive(Deserialize)]
+struct RawCall<'a> {
+    #[serde(borrow)]
+    call_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    duration_ms: Option<&'a RawValue>,
+    #[serde(borrow)]
+    direction: Option<&'a RawValue>,
+    #[serde(borrow)]
+    handled_by: Option<&'a RawValue>,
+    #[serde(borrow)]
+    revenue: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawMoney<'a> {
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<&'a RawValue>,
+}
+
+fn str_field<'a>(v: Option<&'a RawValue>, name: &str) -> Result<Cow<'a, str>, Rejection> {
+    let v = v.ok_or_else(|| invalid(format!("missing field `{name}`")))?;
+    let s: Cow<'a, str> = match serde_json::from_str::<Cow<'a, str>>(v.get()) {
+        Ok(s) => s,
+        Err(_) => return Err(invalid(format!("field `{name}` must be a string"))),
+    };
+    Ok(s)
+}
+
+fn opt_str_field<'a>(
+    v: Option<&'a RawValue>,
+    name: &str,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(r) => str_field(Some(r), name).map(Some),
+    }
+}
+
+/// Parses a CONTRACT decimal: a JSON string `-?digits(.digits{1,6})?`.
+pub fn parse_decimal_str(s: &str) -> Result<Decimal, String> {
+    let body = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match body.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (body, None),
+    };
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{s}` is not a decimal number"));
+    }
+    if let Some(f) = frac {
+        if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("`{s}` is not a decimal number"));
+        }
+        if f.len() > 6 {
+            return Err(format!("`{s}` has more than 6 fraction digits"));
+        }
+    }
+    if int.len() > 22 {
+        return Err(format!("`{s}` is too large"));
+    }
+    Decimal::from_str(s).map_err(|_| format!("`{s}` is not a decimal number"))
+}
+
+fn decimal_field(v: Option<&RawValue>, name: &str) -> Result<Decimal, Rejection> {
+    let v = v.ok_or_else(|| invalid(format!("missing field `{name}`")))?;
+    let s: Cow<'_, str> = serde_json::from_str(v.get()).map_err(|_| {
+        invalid(format!(
+            "field `{name}` must be a decimal string such as \"12.50\", got {}",
+            truncate(v.get())
+        ))
+    })?;
+    parse_decimal_str(&s).map_err(|e| invalid(format!("field `{name}`: {e}")))
+}
+
+fn currency_field<'a>(v: Option<&'a RawValue>, name: &str) -> Result<Cow<'a, str>, Rejection> {
+    let c = str_field(v, name)?;
+    if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(invalid(format!(
+            "field `{name}` must be an ISO 4217 code of 3 upper-case letters, got \"{c}\""
+        )));
+    }
+    Ok(c)
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 40 {
+        s.to_string()
+    } else {
+        let mut end = 40;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+fn object<'a, T: Deserialize<'a>>(data: &'a RawValue, what: &str) -> Result<T, Rejection> {
+    serde_json::from_str(data.get()).map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+fn decode_money<'a>(v: &'a RawValue, prefix: &str) -> Result<Money<'a>, Rejection> {
+    if !v.get().trim_start().starts_with('{') {
+        return Err(invalid(format!("`{prefix}` must be an object")));
+    }
+    let m: RawMoney<'a> = object(v, prefix)?;
+    Ok(Money {
+        amount: decimal_field(m.amount, &format!("{prefix}.amount"))?,
+        currency: currency_field(m.currency, &format!("{prefix}.currency"))?,
+    })
+}
+
+fn decode_call(data: &RawValue) -> Result<CallCompleted<'_>, Rejection> {
+    let raw: RawCall<'_> = object(data, "call.completed data")?;
+    let call_id = str_field(raw.call_id, "call_id")?;
+    if call_id.is_empty() {
+        return Err(invalid("field `call_id` must not be empty"));
+    }
+    let d = raw
+        .duration_ms
+        .ok_or_else(|| invalid("missing field `duration_ms`"))?;
+    let duration_ms = match d.get().parse::<u64>() {
+        Ok(v) if v <= MAX_DURATION_MS => v,
+        Ok(v) => {
+            return Err(invalid(format!(
+                "field `duration_ms` must be 0..={MAX_DURATION_MS}, got {v}"
+            )));
+        }
+        Err(_) => {
+            return Err(invalid(format!(
+                "field `duration_ms` must be an integer 0..={MAX_DURATION_MS}, got {}",
+                truncate(d.get())
+            )));
+        }
+    };
+    let direction = match &*str_field(raw.direction, "direction")? {
+        "inbound" => Direction::Inbound,
+        "outbound" => Direction::Outbound,
+        other => {
+            return Err(invalid(format!(
+                "field `direction` must be \"inbound\" or \"outbound\", got \"{}\"",
+                truncate(other)
+            )));
+        }
+    };
+    let handled_by = match opt_str_field(raw.handled_by, "handled_by")?.as_deref() {
+        None | Some("ai") => HandledBy::Ai,
+        Some("human") => HandledBy::Human,
+        Some(other) => {
+            return Err(invalid(format!(
+                "field `handled_by` must be \"ai\" or \"human\", got \"{}\"",
+                truncate(other)
+            )));
+        }
+    };
+    let revenue = match raw.revenue {
+        None => None,
+        Some(r) if r.get() == "null" => None,
+        Some(r) => {
+            let m = decode_money(r, "revenue")?;
+            if m.amount < Decimal::ZERO {
+                return Err(invalid(
+                    "field `revenue.amount` must not be negative on a call (send a revenue.recorded refund)",
+                ));
+            }
+            Some(m)
+        }
+    };
+    Ok(CallCompleted {
+        call_id,
+        duration_ms,
+        direction,
+        handled_by,
+        revenue,
+    })
+}
+
+#[derive(Deserialize)]
+struct RawRevenue<'a> {
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<&'a RawValue>,
+    #[serde(borrow)]
+    order_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    call_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payment_reference: Option<&'a RawValue>,
+}
+
+fn decode_revenue(data: &RawValue) -> Result<RevenueRecorded<'_>, Rejection> {
+    let raw: RawRevenue<'_> = object(data, "revenue.recorded data")?;
+    Ok(RevenueRecorded {
+        amount: Money {
+            amount: decimal_field(raw.amount, "amount")?,
+            currency: currency_field(raw.currency, "currency")?,
+        },
+        order_id: opt_str_field(raw.order_id, "order_id")?,
+        call_id: opt_str_field(raw.call_id, "call_id")?,
+    })
+}
+
+fn decode_topup(data: &RawValue) -> Result<WalletTopUp<'_>, Rejection> {
+    let raw: RawRevenue<'_> = object(data, "wallet.topped_up data")?;
+    let amount = decimal_field(raw.amount, "amount")?;
+    if amount <= Decimal::ZERO {
+        return Err(invalid("field `amount` of a top-up must be positive"));
+    }
+    let payment_reference = str_field(raw.payment_reference, "payment_reference")?;
+    if payment_reference.is_empty() {
+        return Err(invalid("field `payment_reference` must not be empty"));
+    }
+    Ok(WalletTopUp {
+        amount: Money {
+            amount,
+            currency: currency_field(raw.currency, "currency")?,
+        },
+        payment_reference,
+    })
+}
+
+/// Looks up a (dotted) field in a JSON object, returning its raw JSON text.
+pub fn lookup<'a>(data: &'a RawValue, path: &[String]) -> Option<&'a RawValue> {
+    let mut cur = data;
+    for seg in path {
+        let map: std::collections::HashMap<Cow<'a, str>, &'a RawValue> =
+            serde_json::from_str(cur.get()).ok()?;
+        cur = map.get(seg.as_str()).copied()?;
+    }
+    Some(cur)
+}
+
+/// A JSON value as an exact decimal: a number literal (no exponent) or a decimal string.
+pub fn raw_decimal(v: &RawValue) -> Result<Decimal, String> {
+    let t = v.get().trim();
+    if let Some(inner) = t.strip_prefix('"') {
+        let s: String = serde_json::from_str(t).map_err(|e| e.to_string())?;
+        let _ = inner;
+        return parse_decimal_str(&s);
+    }
+    if t.contains(['e', 'E']) {
+        return Err(format!("`{t}` uses an exponent; send a decimal"));
+    }
+    Decimal::from_str(t).map_err(|_| format!("`{}` is not a number", truncate(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(data: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"e1","source":"voice/eu-1","type":"call.completed","subject":"acme","time":"2026-11-20T10:00:00+01:00","data":{data}}}"#
+        )
+    }
+
+    fn code(payload: &str) -> ErrorCode {
+        decode(payload.as_bytes(), |t| {
+            [CALL_COMPLETED, REVENUE_RECORDED, WALLET_TOPPED_UP].contains(&t)
+        })
+        .expect_err("should be rejected")
+        .code
+    }
+
+    fn ok(payload: &str) -> Event<'_> {
+        decode(payload.as_bytes(), |t| {
+            [
+                CALL_COMPLETED,
+                REVENUE_RECORDED,
+                WALLET_TOPPED_UP,
+                "custom.thing",
+            ]
+            .contains(&t)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn decodes_a_call() {
+        let p = call(r#"{"call_id":"c1","duration_ms":90000,"direction":"inbound"}"#);
+        let e = ok(&p);
+        assert_eq!(e.subject, "acme");
+        assert_eq!(e.time.to_rfc3339(), "2026-11-20T09:00:00+00:00");
+        match e.body {
+            Body::Call(c) => {
+                assert_eq!(c.duration_ms, 90000);
+                assert_eq!(c.handled_by, HandledBy::Ai);
+                assert_eq!(c.direction, Direction::Inbound);
+                assert!(c.revenue.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_call_revenue_and_escaped_strings() {
+        let p = r#"{"specversion":"1.0","id":"e\u00e91","source":"s","type":"call.completed","subject":"acme","time":"2026-11-20T10:00:00Z","ext":1,"data":{"call_id":"c\n1","duration_ms":0,"direction":"outbound","handled_by":"human","revenue":{"amount":"12.50","currency":"EUR"}}}"#;
+        let e = ok(p);
+        assert_eq!(e.id, "e\u{e9}1");
+        let Body::Call(c) = e.body else { panic!() };
+        assert_eq!(c.revenue.unwrap().amount, Decimal::new(1250, 2));
+        assert_eq!(c.handled_by, HandledBy::Human);
+    }
+
+    #[test]
+    fn rejects_with_the_right_codes() {
+        assert_eq!(code("not json"), ErrorCode::InvalidJson);
+        assert_eq!(code("{\"specversion\":\"1.0\""), ErrorCode::InvalidJson);
+        assert_eq!(code(""), ErrorCode::InvalidJson);
+        assert_eq!(code("{\"id\": 5, oops"), ErrorCode::InvalidJson);
+        assert_eq!(code("[1,2]"), ErrorCode::InvalidEvent);
+        assert_eq!(code("{\"id\": 5}"), ErrorCode::InvalidEvent);
+        let p = call(r#"{"call_id":"c1","duration_ms":1,"direction":"inbound"}"#);
+        assert_eq!(
+            code(&p.replace("\"1.0\"", "\"0.3\"")),
+            ErrorCode::InvalidEvent
+        );
+        assert_eq!(
+            code(&p.replace("\"id\":\"e1\",", "")),
+            ErrorCode::InvalidEvent
+        );
+        assert_eq!(
+            code(&p.replace("\"id\":\"e1\"", "\"id\":\"\"")),
+            ErrorCode::InvalidEvent
+        );
+        let long = "x".repeat(129);
+        assert_eq!(
+            code(&p.replace("\"e1\"", &format!("\"{long}\""))),
+            ErrorCode::InvalidEvent
+        );
+        assert_eq!(
+            code(&p.replace("\"acme\"", "\"ac me\"")),
+            ErrorCode::InvalidEvent
+        );
+        assert_eq!(
+            code(&p.replace("2026-11-20T10:00:00+01:00", "2026-11-20 10:00")),
+            ErrorCode::InvalidEvent
+        );
+        assert_eq!(
+            code(&p.replace("2026-11-20T10:00:00+01:00", "2026-11-20T10:00:00")),
+            ErrorCode::InvalidEvent
+        );
+        assert_eq!(
+            code(&p.replace("call.completed", "call.started")),
+            ErrorCode::UnsupportedType
+        );
+    }
+
+    #[test]
+    fn rejects_bad_call_data() {
+        for data in [
+            r#"{"duration_ms":1,"direction":"inbound"}"#,
+            r#"{"call_id":"c","direction":"inbound"}"#,
+            r#"{"call_id":"c","duration_ms":-5,"direction":"inbound"}"#,
+            r#"{"call_id":"c","duration_ms":86400001,"direction":"inbound"}"#,
+            r#"{"call_id":"c","duration_ms":1e30,"direction":"inbound"}"#,
+            r#"{"call_id":"c","duration_ms":1.5,"direction":"inbound"}"#,
+            r#"{"call_id":"c","duration_ms":"100","direction":"inbound"}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"sideways"}"#,
+            r#"{"call_id":"c","duration_ms":100}"#,
+            r#"{"call_id":5,"duration_ms":100,"direction":"inbound"}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"inbound","handled_by":"robot"}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"inbound","revenue":{"amount":12.5,"currency":"EUR"}}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"inbound","revenue":{"amount":"12.5x","currency":"EUR"}}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"inbound","revenue":{"amount":"1.1234567","currency":"EUR"}}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"inbound","revenue":{"amount":"1","currency":"eur"}}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"inbound","revenue":{"amount":"-1","currency":"EUR"}}"#,
+            r#"{"call_id":"c","duration_ms":100,"direction":"inbound","revenue":"12"}"#,
+            r#"[1]"#,
+            r#""str""#,
+        ] {
+            assert_eq!(code(&call(data)), ErrorCode::InvalidData, "{data}");
+        }
+        let no_data = call("{}").replace(",\"data\":{}", "");
+        assert_eq!(code(&no_data), ErrorCode::InvalidData);
+    }
+
+    #[test]
+    fn revenue_and_topup() {
+        let p = r#"{"specversion":"1.0","id":"r1","source":"s","type":"revenue.recorded","subject":"acme","time":"2026-11-20T10:00:00Z","data":{"amount":"-20.000001","currency":"EUR","order_id":"o1"}}"#;
+        let Body::Revenue(r) = ok(p).body else {
+            panic!()
+        };
+        assert_eq!(r.amount.amount, Decimal::new(-20000001, 6));
+        let bad = p.replace("-20.000001", "1,5");
+        assert_eq!(code(&bad), ErrorCode::InvalidData);
+        let t = r#"{"specversion":"1.0","id":"w1","source":"s","type":"wallet.topped_up","subject":"acme","time":"2026-11-20T10:00:00Z","data":{"amount":"50.00","currency":"USD","payment_reference":"flw_123"}}"#;
+        let Body::WalletTopUp(w) = ok(t).body else {
+            panic!()
+        };
+        assert_eq!(w.payment_reference, "flw_123");
+        assert_eq!(code(&t.replace("50.00", "-5")), ErrorCode::InvalidData);
+        assert_eq!(
+            code(&t.replace(",\"payment_reference\":\"flw_123\"", "")),
+            ErrorCode::InvalidData
+        );
+    }
+
+    #[test]
+    fn decimal_strings() {
+        assert_eq!(parse_decimal_str("0").unwrap(), Decimal::ZERO);
+        assert_eq!(parse_decimal_str("-0.000001").unwrap(), Decimal::new(-1, 6));
+        for bad in [
+            "", "-", "1.", ".5", "+1", "1e3", "1.2.3", " 1", "1,0", "0x10", "NaN",
+        ] {
+            assert!(parse_decimal_str(bad).is_err(), "{bad}");
+        }
+        assert!(parse_decimal_str(&"9".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn field_lookup() {
+        let p = r#"{"specversion":"1.0","id":"x","source":"s","type":"custom.thing","subject":"acme","time":"2026-11-20T10:00:00Z","data":{"a":{"b":"1.5"},"n":3}}"#;
+        let e = ok(p);
+        let v = lookup(e.data, &["a".into(), "b".into()]).unwrap();
+        assert_eq!(raw_decimal(v).unwrap(), Decimal::new(15, 1));
+        let n = lookup(e.data, &["n".into()]).unwrap();
+        assert_eq!(raw_decimal(n).unwrap(), Decimal::from(3));
+        assert!(lookup(e.data, &["zz".into()]).is_none());
+    }
+}

@@ -1,0 +1,21 @@
+//! callmeter: a stream-processing metering pipeline for voice platforms.
+//!
+//! Call events (CloudEvents on Kafka) are aggregated per tenant, meter and usage period,
+//! priced against each tenant's plan, alerted on at thresholds, flushed to ClickHouse exactly
+//! once, and reported to Stripe. See `CONTRACT.md` for the external interfaces.
+
+pub mod alerts;
+pub mod api;
+pub mod config;
+pub mod event;
+pub mod loadgen;
+pub mod meter;
+pub mod period;
+pub mod pipeline;
+pub mod pricing;
+pub mod replay;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod telemetry;
+pub mod wallet;

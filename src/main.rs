@@ -1,0 +1,355 @@
+//! The `callmeter` command line (CONTRACT section 7): wiring and shutdown only.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use callmeter::config::{Config, ConfigError};
+use callmeter::sink::clickhouse::ClickHouse;
+use callmeter::state::Shared;
+use callmeter::telemetry::Telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "callmeter",
+    version,
+    about = "Metering pipeline for voice platforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline; SIGTERM/SIGINT drain, flush, commit and exit 0.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create the ClickHouse database and tables that are missing.
+    Migrate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print plans and tenants.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Publish the real call records of a data set directory as call events.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Events per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// Publish synthetic call events, deterministic for a seed.
+    Loadgen {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        events: u64,
+        #[arg(long)]
+        tenants: u32,
+        #[arg(long)]
+        rate: Option<u32>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fraction of messages that repeat an earlier event.
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Fraction of events whose time is moved back by up to a minute.
+        #[arg(long, default_value_t = 0.0)]
+        disorder: f64,
+        /// Revenue currency of the generated calls.
+        #[arg(long, default_value = "USD")]
+        currency: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CALLMETER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load(path: &Path) -> Result<Config, ConfigError> {
+    Config::load(path)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config_path = match &cli.command {
+        Command::Run { config }
+        | Command::Migrate { config }
+        | Command::CheckConfig { config }
+        | Command::Replay { config, .. }
+        | Command::Loadgen { config, .. } => config.clone(),
+    };
+    let config = match load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("callmeter: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callmeter: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Run { .. } => run(&rt, config, config_path),
+        Command::Migrate { .. } => rt.block_on(migrate(&config)),
+        Command::CheckConfig { .. } => {
+            print!("{}", callmeter::config::describe(&config));
+            Ok(())
+        }
+        Command::Replay { dataset, rate, .. } => rt.block_on(replay(&config, &dataset, rate)),
+        Command::Loadgen {
+            events,
+            tenants,
+            rate,
+            seed,
+            duplicates,
+            disorder,
+            currency,
+            ..
+        } => rt.block_on(loadgen(
+            &config,
+            callmeter::loadgen::LoadSpec {
+                events,
+                tenants,
+                seed,
+                duplicate_rate: duplicates,
+                disorder_rate: disorder,
+                currency,
+                ..Default::default()
+            },
+            rate,
+        )),
+    };
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callmeter: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let ch = ClickHouse::new(&config.settings.clickhouse);
+    let applied = ch
+        .migrate()
+        .await
+        .with_context(|| format!("migrating ClickHouse at {}", config.settings.clickhouse.url))?;
+    for f in applied {
+        println!("ok {f}");
+    }
+    Ok(())
+}
+
+async fn replay(config: &Config, dataset: &Path, rate: Option<u32>) -> anyhow::Result<()> {
+    let (events, stats) = callmeter::replay::load_dataset(dataset)
+        .with_context(|| format!("reading data set {}", dataset.display()))?;
+    println!(
+        "data set {}: {} files, {} rows, {} events, {} phantom, {} junk type, {} unparsable",
+        dataset.display(),
+        stats.files.len(),
+        stats.rows,
+        stats.events,
+        stats.phantom,
+        stats.junk_type,
+        stats.unparsable
+    );
+    for (f, line, reason) in &stats.errors {
+        println!("  unparsable: {f}:{line}: {reason}");
+    }
+    let producer = callmeter::source::kafka::bulk_producer(&config.settings.kafka)?;
+    let took =
+        callmeter::replay::publish(&producer, &config.settings.kafka.topic, &events, rate).await?;
+    println!(
+        "published {} events to {} in {:.2} s ({:.0} events/s)",
+        events.len(),
+        config.settings.kafka.topic,
+        took.as_secs_f64(),
+        events.len() as f64 / took.as_secs_f64().max(1e-9)
+    );
+    for (t, n) in &stats.per_tenant {
+        println!("  {t}: {n}");
+    }
+    Ok(())
+}
+
+async fn loadgen(
+    config: &Config,
+    spec: callmeter::loadgen::LoadSpec,
+    rate: Option<u32>,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::FutureRecord;
+    let producer = callmeter::source::kafka::bulk_producer(&config.settings.kafka)?;
+    let topic = &config.settings.kafka.topic;
+    let limiter = rate
+        .and_then(std::num::NonZeroU32::new)
+        .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+    let started = std::time::Instant::now();
+    let mut inflight = Vec::with_capacity(10_000);
+    let mut n = 0u64;
+    let mut dups = 0u64;
+    for g in callmeter::loadgen::generate(&spec) {
+        if let Some(l) = &limiter {
+            l.until_ready().await;
+        }
+        dups += g.duplicate as u64;
+        let mut rec = FutureRecord::to(topic).key(&g.tenant).payload(&g.payload);
+        let fut = loop {
+            match producer.send_result(rec) {
+                Ok(f) => break f,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        };
+        inflight.push(fut);
+        n += 1;
+        if inflight.len() >= 10_000 {
+            for f in inflight.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in inflight.drain(..) {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "published {n} events ({dups} duplicates) for {} tenants to {topic} in {secs:.2} s ({:.0} events/s)",
+        spec.tenants,
+        n as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let telemetry = Telemetry::install();
+    metrics::gauge!(callmeter::telemetry::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    let ch = ClickHouse::new(&config.settings.clickhouse);
+    rt.block_on(async {
+        let mut backoff = callmeter::sink::clickhouse::flush_backoff();
+        loop {
+            match ch.migrate().await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, url = %config.settings.clickhouse.url, "ClickHouse not reachable for migration; retrying");
+                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
+                }
+            }
+        }
+    });
+    let shared = Shared::new(config.catalog.clone());
+    let shutdown = CancellationToken::new();
+    let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(
+        config.settings.api.tokens.clone(),
+    ));
+    let state = callmeter::api::ApiState {
+        shared: shared.clone(),
+        telemetry,
+        ch: ch.clone(),
+        tokens: tokens.clone(),
+        wallets: None,
+    };
+    let listen = config.settings.api.listen.clone();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&listen))
+        .with_context(|| format!("binding the API to {listen}"))?;
+    tracing::info!(%listen, "HTTP API listening");
+    let api_shutdown = shutdown.clone();
+    rt.spawn(async move {
+        let app = callmeter::api::router(state);
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+            .await;
+    });
+    // Signals: the first SIGTERM/SIGINT drains; a second exits at once. SIGHUP reloads.
+    let sig_shutdown = shutdown.clone();
+    let reload_shared = shared.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    reload(&path, &reload_shared, &tokens);
+                    continue;
+                }
+            }
+            if sig_shutdown.is_cancelled() {
+                eprintln!("callmeter: second signal, exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!("signal received: draining");
+            sig_shutdown.cancel();
+        }
+    });
+    let handle = rt.handle().clone();
+    let pipeline_shutdown = shutdown.clone();
+    let worker = std::thread::Builder::new()
+        .name("callmeter-consumer".into())
+        .spawn(move || callmeter::pipeline::run(config, shared, pipeline_shutdown, handle))
+        .context("starting the consumer thread")?;
+    let res = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    shutdown.cancel();
+    res
+}
+
+/// Reloads plans and tenants (SIGHUP). A config that does not validate is rejected and the
+/// old one kept.
+fn reload(path: &Path, shared: &Arc<Shared>, tokens: &Arc<arc_swap::ArcSwap<Vec<String>>>) {
+    match Config::load(path) {
+        Ok(c) => {
+            shared.catalog.store(c.catalog.clone());
+            tokens.store(Arc::new(c.settings.api.tokens.clone()));
+            metrics::counter!(callmeter::telemetry::CONFIG_RELOADS, "result" => "ok").increment(1);
+            tracing::info!(path = %path.display(), "configuration reloaded");
+        }
+        Err(e) => {
+            metrics::counter!(callmeter::telemetry::CONFIG_RELOADS, "result" => "rejected")
+                .increment(1);
+            tracing::error!(error = %e, "configuration reload rejected; keeping the previous configuration");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Where the pipeline writes: ClickHouse (rollups, alerts, state).
+
+pub mod clickhouse;

@@ -1,0 +1,3 @@
+//! Where the pipeline reads: Kafka.
+
+pub mod kafka;

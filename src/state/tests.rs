@@ -1,0 +1,448 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::Config;
+
+const CONFIG: &str = r#"
+[pricing]
+default_plan = "free"
+[pipeline]
+dedup_window = "1h"
+late_event_grace = "48h"
+[plans.free]
+currency = "USD"
+[plans.starter]
+currency = "USD"
+base_fee = "79.00"
+[plans.starter.meters.call_minutes]
+included = "10"
+overage_rate = "0.5"
+overage_cap = "2"
+[tenants.acme]
+plan = "starter"
+timezone = "Europe/Paris"
+"#;
+
+fn config() -> Config {
+    Config::from_toml_str(CONFIG).unwrap()
+}
+
+fn processor(c: &Config) -> Processor {
+    let shared = Shared::new(c.catalog.clone());
+    Processor::new(shared, Params::from_settings(&c.settings))
+}
+
+fn call(tenant: &str, id: &str, time: &str, ms: u64) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"s","type":"call.completed","subject":"{tenant}","time":"{time}","data":{{"call_id":"{id}","duration_ms":{ms},"direction":"inbound"}}}}"#
+    )
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// Feeds payloads to partition 0 from `offset`, timestamps 1 ms apart from `ts0`.
+fn feed(p: &mut Processor, from: i64, payloads: &[String], ts0: i64) -> Vec<Outcome> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, pl)| {
+            p.process(
+                &InMessage {
+                    partition: 0,
+                    offset: from + i as i64,
+                    payload: Some(pl.as_bytes()),
+                    timestamp_ms: Some(ts0 + i as i64),
+                },
+                now(),
+            )
+        })
+        .collect()
+}
+
+fn fresh(p: &mut Processor) {
+    p.assign(0);
+    p.install(Restored {
+        partition: 0,
+        ..Default::default()
+    });
+}
+
+fn usage(p: &Processor, tenant: &str, meter: &str, period_start: i64) -> Option<Decimal> {
+    let cat = p.catalog.clone();
+    let mid = cat.meter_id(meter).unwrap();
+    let t = p.shared.tenants.get(tenant)?;
+    p.shared
+        .tenant_raw(t, mid, period_start)
+        .map(|(raw, _)| cat.meter(mid).value(raw))
+}
+
+fn ts(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+}
+
+#[test]
+fn counts_meters_and_drops_duplicates() {
+    let c = config();
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let t0 = now().timestamp_millis() - 10_000;
+    let out = feed(
+        &mut p,
+        0,
+        &[
+            call("acme", "a", "2026-11-20T10:00:00Z", 90_000),
+            call("acme", "b", "2026-11-20T10:01:00Z", 30_000),
+            call("acme", "a", "2026-11-20T10:00:00Z", 90_000),
+        ],
+        t0,
+    );
+    assert_eq!(
+        out,
+        vec![Outcome::Counted, Outcome::Counted, Outcome::Duplicate]
+    );
+    let start = ts("2026-11-01T00:00:00+01:00");
+    assert_eq!(
+        usage(&p, "acme", "call_minutes", start),
+        Some(Decimal::from(2))
+    );
+    assert_eq!(usage(&p, "acme", "calls", start), Some(Decimal::from(2)));
+    assert_eq!(usage(&p, "acme", "revenue", start), None);
+}
+
+#[test]
+fn duplicate_after_the_window_counts_again() {
+    let c = config();
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let e = call("acme", "a", "2026-11-20T10:00:00Z", 60_000);
+    let t0 = now().timestamp_millis() - 3 * 3600 * 1000;
+    assert_eq!(
+        feed(&mut p, 0, std::slice::from_ref(&e), t0),
+        vec![Outcome::Counted]
+    );
+    assert_eq!(
+        feed(&mut p, 1, std::slice::from_ref(&e), t0 + 3_600_001),
+        vec![Outcome::Counted]
+    );
+    assert_eq!(
+        feed(&mut p, 2, std::slice::from_ref(&e), t0 + 3_600_002),
+        vec![Outcome::Duplicate]
+    );
+}
+
+#[test]
+fn rejections() {
+    let c = Config::from_toml_str(&CONFIG.replace("default_plan = \"free\"", "")).unwrap();
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let t0 = now().timestamp_millis();
+    let code = |o: &Outcome| match o {
+        Outcome::Rejected(r) => r.code,
+        other => panic!("{other:?}"),
+    };
+    let out = feed(
+        &mut p,
+        0,
+        &[
+            call("nobody", "a", "2026-11-20T10:00:00Z", 1),
+            call("acme", "b", "2026-11-23T12:06:00Z", 1),
+            r#"{"specversion":"1.0","id":"r","source":"s","type":"revenue.recorded","subject":"acme","time":"2026-11-20T10:00:00Z","data":{"amount":"5","currency":"EUR"}}"#.to_string(),
+            "{".to_string(),
+            call("acme", "c", "2026-11-23T12:04:00Z", 1),
+        ],
+        t0,
+    );
+    assert_eq!(code(&out[0]), ErrorCode::UnknownTenant);
+    assert_eq!(code(&out[1]), ErrorCode::FutureEvent);
+    assert_eq!(code(&out[2]), ErrorCode::CurrencyMismatch);
+    assert_eq!(code(&out[3]), ErrorCode::InvalidJson);
+    assert_eq!(out[4], Outcome::Counted);
+}
+
+#[test]
+fn oversized_events_are_rejected() {
+    let c = config();
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let big = call("acme", &"x".repeat(100), "2026-11-20T10:00:00Z", 1).replace(
+        "\"direction\"",
+        &format!("\"pad\":\"{}\",\"direction\"", "y".repeat(70_000)),
+    );
+    match &feed(&mut p, 0, &[big], now().timestamp_millis())[0] {
+        Outcome::Rejected(r) => assert_eq!(r.code, ErrorCode::InvalidEvent),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn late_events_within_grace_count_and_later_ones_are_closed() {
+    let c = config();
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let t0 = now().timestamp_millis();
+    // October (Paris) ends 2026-11-01T00:00+01:00 = 2026-10-31T23:00Z; grace 48 h.
+    let out = feed(
+        &mut p,
+        0,
+        &[
+            call("acme", "nov", "2026-11-02T22:00:00Z", 60_000),
+            call("acme", "oct-late", "2026-10-31T12:00:00Z", 60_000),
+            call("acme", "nov2", "2026-11-02T23:00:01Z", 60_000),
+            call("acme", "oct-too-late", "2026-10-31T12:00:00Z", 60_000),
+        ],
+        t0,
+    );
+    assert_eq!(out[0], Outcome::Counted);
+    assert_eq!(out[1], Outcome::Counted);
+    assert_eq!(out[2], Outcome::Counted);
+    match &out[3] {
+        Outcome::Rejected(r) => assert_eq!(r.code, ErrorCode::PeriodClosed),
+        o => panic!("{o:?}"),
+    }
+    let oct = ts("2026-10-01T00:00:00+02:00");
+    assert_eq!(usage(&p, "acme", "call_minutes", oct), Some(Decimal::ONE));
+}
+
+#[test]
+fn alerts_fire_once_in_order() {
+    let c = config();
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let t0 = now().timestamp_millis();
+    // Limit 10 min: 8 min -> 80%; +3 -> 100% and overage; +3 -> overage 4 min x 0.5 = cap 2.
+    feed(
+        &mut p,
+        0,
+        &[call("acme", "a", "2026-11-20T10:00:00Z", 8 * 60_000)],
+        t0,
+    );
+    let a: Vec<String> = p.take_new_alerts().into_iter().map(|a| a.kind).collect();
+    assert_eq!(a, ["80%"]);
+    feed(
+        &mut p,
+        1,
+        &[call("acme", "b", "2026-11-20T10:01:00Z", 3 * 60_000)],
+        t0 + 1,
+    );
+    let a: Vec<Alert> = p.take_new_alerts();
+    let kinds: Vec<&str> = a.iter().map(|a| a.kind.as_str()).collect();
+    assert_eq!(kinds, ["100%", "overage"]);
+    assert_eq!(a[0].usage, "11");
+    assert_eq!(a[0].limit.as_deref(), Some("10"));
+    assert_eq!(a[0].event_id, "b");
+    assert_eq!(a[0].period_start, "2026-10-31T23:00:00Z");
+    feed(
+        &mut p,
+        2,
+        &[call("acme", "c", "2026-11-20T10:02:00Z", 60_000)],
+        t0 + 2,
+    );
+    assert!(p.take_new_alerts().is_empty());
+    feed(
+        &mut p,
+        3,
+        &[call("acme", "d", "2026-11-20T10:03:00Z", 2 * 60_000)],
+        t0 + 3,
+    );
+    let kinds: Vec<String> = p.take_new_alerts().into_iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, ["overage_cap"]);
+    // Default-plan tenants have no limits: no alerts.
+    feed(
+        &mut p,
+        4,
+        &[call("other", "e", "2026-11-20T10:00:00Z", 1_000_000)],
+        t0 + 4,
+    );
+    assert!(p.take_new_alerts().is_empty());
+}
+
+/// ClickHouse as the pipeline sees it: replacing tables keyed like the real ones.
+#[derive(Default, Clone)]
+struct FakeStore {
+    rows: BTreeMap<(String, String, i64), RollupRecord>,
+    checkpoint: Option<Checkpoint>,
+    alerts: BTreeMap<String, Alert>,
+}
+
+impl FakeStore {
+    fn write(&mut self, b: &FlushBatch, upto_rows: usize, checkpoint: bool) {
+        for a in &b.alerts {
+            self.alerts.insert(a.alert_id.clone(), a.clone());
+        }
+        for r in b.rows.iter().take(upto_rows) {
+            let k = (r.tenant.to_string(), r.meter.to_string(), r.period_start);
+            match self.rows.get(&k) {
+                Some(old) if old.through_offset > r.through_offset => {}
+                _ => {
+                    self.rows.insert(k, r.clone());
+                }
+            }
+        }
+        if checkpoint {
+            for c in &b.checkpoints {
+                if self
+                    .checkpoint
+                    .as_ref()
+                    .is_none_or(|o| o.position <= c.position)
+                {
+                    self.checkpoint = Some(c.clone());
+                }
+            }
+        }
+    }
+
+    fn restore(&self, grace: i64) -> Restored {
+        let min_end = match &self.checkpoint {
+            Some(c) if c.watermark_us != i64::MIN => {
+                c.watermark_us.div_euclid(1_000_000) - grace - 1
+            }
+            _ => 0,
+        };
+        let rows: Vec<StoredRow> = self
+            .rows
+            .values()
+            .filter(|r| r.period_end >= min_end)
+            .map(|r| StoredRow {
+                tenant: r.tenant.to_string(),
+                meter: r.meter.to_string(),
+                period_start: r.period_start,
+                period_end: r.period_end,
+                raw: r.raw,
+                events: r.events,
+                through_offset: r.through_offset,
+                rollup_stale: false,
+            })
+            .collect();
+        Restored {
+            partition: 0,
+            rows,
+            alerts: self
+                .alerts
+                .values()
+                .map(|a| {
+                    (
+                        a.tenant_id.clone(),
+                        a.meter.clone(),
+                        ts(&a.period_start),
+                        a.kind.clone(),
+                    )
+                })
+                .collect(),
+            replay_from: 0,
+            checkpoint: self.checkpoint.clone(),
+            committed: None,
+            first_periods: vec![],
+        }
+    }
+
+    fn totals(&self) -> BTreeMap<(String, String, i64), Decimal> {
+        self.rows
+            .iter()
+            .map(|(k, r)| (k.clone(), r.value))
+            .collect()
+    }
+}
+
+/// Ground truth: distinct (subject, source, id) within the window, each call once.
+fn truth(msgs: &[(String, i64)], c: &Config) -> BTreeMap<(String, String, i64), Decimal> {
+    let mut p = processor(c);
+    fresh(&mut p);
+    for (i, (pl, ts)) in msgs.iter().enumerate() {
+        p.process(
+            &InMessage {
+                partition: 0,
+                offset: i as i64,
+                payload: Some(pl.as_bytes()),
+                timestamp_ms: Some(*ts),
+            },
+            now(),
+        );
+    }
+    let b = p.snapshot();
+    b.rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.tenant.to_string(), r.meter.to_string(), r.period_start),
+                r.value,
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever the crash points, flush points and partial writes, the stored totals equal
+    /// the totals of one uninterrupted run.
+    #[test]
+    fn crashes_never_change_totals(
+        events in prop::collection::vec((0u8..4, 0u32..40, 0u64..600_000, 0u8..10), 1..120),
+        crashes in prop::collection::vec((1usize..120, 0usize..6, any::<bool>()), 0..6),
+        flush_every in 1usize..30,
+    ) {
+        let c = config();
+        // Messages: tenant, id (small range: duplicates), duration, day offset.
+        let base = now().timestamp_millis() - 600_000;
+        let msgs: Vec<(String, i64)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, (t, id, ms, day))| {
+                let tenant = ["acme", "t1", "t2", "t3"][*t as usize];
+                let time = format!("2026-11-{:02}T10:00:00Z", 10 + *day as u32);
+                (call(tenant, &format!("id{id}"), &time, *ms), base + i as i64 * 1000)
+            })
+            .collect();
+        let expected = truth(&msgs, &c);
+
+        let mut store = FakeStore::default();
+        let mut p = processor(&c);
+        p.assign(0);
+        p.install(store.restore(172_800));
+        let mut crashes = crashes;
+        crashes.sort();
+        let mut next_crash = crashes.into_iter().peekable();
+        let mut i = 0usize;
+        let mut processed = 0usize;
+        let mut steps = 0usize;
+        while i < msgs.len() {
+            steps += 1;
+            prop_assert!(steps < 10_000);
+            let (pl, ts) = &msgs[i];
+            p.process(&InMessage { partition: 0, offset: i as i64, payload: Some(pl.as_bytes()), timestamp_ms: Some(*ts) }, now());
+            i += 1;
+            processed += 1;
+            if processed % flush_every == 0 {
+                let b = p.snapshot();
+                store.write(&b, usize::MAX, true);
+                p.flushed(&b.checkpoints);
+            }
+            if let Some((at, partial_rows, with_ck)) = next_crash.peek().copied()
+                && processed >= at
+            {
+                next_crash.next();
+                // A crash in the middle of a flush: some rows written, maybe no checkpoint.
+                let b = p.snapshot();
+                store.write(&b, partial_rows, with_ck && partial_rows >= b.rows.len());
+                // Restart: a new processor restores and re-reads from its replay start.
+                p = processor(&c);
+                p.assign(0);
+                let r = store.restore(172_800);
+                let from = r.checkpoint.as_ref().map(|c| c.position).unwrap_or(0);
+                // The dedup window is 1 h and test timestamps span minutes: replay from 0.
+                let r = Restored { replay_from: 0.min(from), ..r };
+                p.install(r);
+                i = 0;
+            }
+        }
+        let b = p.snapshot();
+        store.write(&b, usize::MAX, true);
+        prop_assert_eq!(store.totals(), expected);
+    }
+}

@@ -1,0 +1,205 @@
+//! Metric names in one place, described at start-up, and the Prometheus recorder.
+//!
+//! Counters end in `_total`, units are in the names (`_seconds`, `_bytes`), every name starts
+//! with `callmeter_`. The `/metrics` route renders [`Telemetry::render`].
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_CONSUMED: &str = "callmeter_events_consumed_total";
+pub const EVENTS_COUNTED: &str = "callmeter_events_counted_total";
+pub const EVENTS_REJECTED: &str = "callmeter_events_rejected_total";
+pub const EVENTS_DUPLICATE: &str = "callmeter_events_duplicate_total";
+pub const EVENTS_REPLAYED: &str = "callmeter_events_replayed_total";
+pub const EVENTS_ALREADY_COUNTED: &str = "callmeter_events_already_counted_total";
+pub const DLQ_PRODUCED: &str = "callmeter_dlq_messages_total";
+pub const CONSUMER_LAG: &str = "callmeter_consumer_lag";
+pub const PARTITION_POSITION: &str = "callmeter_partition_position";
+pub const PARTITIONS_OWNED: &str = "callmeter_partitions_owned";
+pub const READY: &str = "callmeter_ready";
+pub const PAUSED: &str = "callmeter_consumption_paused";
+pub const FLUSH_DURATION: &str = "callmeter_flush_duration_seconds";
+pub const FLUSH_ROWS: &str = "callmeter_flush_rows_total";
+pub const FLUSHES: &str = "callmeter_flushes_total";
+pub const FLUSH_FAILURES: &str = "callmeter_flush_failures_total";
+pub const LAST_FLUSH: &str = "callmeter_last_successful_flush_timestamp_seconds";
+pub const DIRTY_ROWS: &str = "callmeter_dirty_rows";
+pub const STATE_ROWS: &str = "callmeter_state_rows";
+pub const DEDUP_ENTRIES: &str = "callmeter_dedup_entries";
+pub const DEDUP_EVICTED_EARLY: &str = "callmeter_dedup_evicted_early_total";
+pub const COMMITS: &str = "callmeter_offset_commits_total";
+pub const COMMIT_FAILURES: &str = "callmeter_offset_commit_failures_total";
+pub const RESTORE_DURATION: &str = "callmeter_restore_duration_seconds";
+pub const RESTORES: &str = "callmeter_partition_restores_total";
+pub const ALERTS: &str = "callmeter_alerts_total";
+pub const ALERT_LATENCY: &str = "callmeter_alert_produce_latency_seconds";
+pub const TENANT_USAGE_RATIO: &str = "callmeter_tenant_usage_ratio";
+pub const TENANT_USAGE: &str = "callmeter_tenant_usage";
+pub const TENANT_OVERAGE_CAPPED: &str = "callmeter_tenant_overage_capped";
+pub const TENANT_GAUGES_SUPPRESSED: &str = "callmeter_tenant_gauges_suppressed";
+pub const WALLET_BALANCE: &str = "callmeter_wallet_balance";
+pub const STRIPE_EVENTS_SENT: &str = "callmeter_stripe_events_sent_total";
+pub const STRIPE_BATCHES: &str = "callmeter_stripe_batches_total";
+pub const STRIPE_FAILURES: &str = "callmeter_stripe_failures_total";
+pub const STRIPE_REJECTED: &str = "callmeter_stripe_events_rejected_total";
+pub const STRIPE_UNREPORTABLE: &str = "callmeter_stripe_unreportable_units_total";
+pub const STRIPE_REPORT_LAG: &str = "callmeter_stripe_report_lag_seconds";
+pub const STRIPE_LAST_SUCCESS: &str = "callmeter_stripe_last_success_timestamp_seconds";
+pub const CONFIG_RELOADS: &str = "callmeter_config_reloads_total";
+pub const BUILD_INFO: &str = "callmeter_build_info";
+
+/// The installed recorder.
+#[derive(Clone)]
+pub struct Telemetry {
+    handle: PrometheusHandle,
+}
+
+impl Telemetry {
+    /// Installs the global Prometheus recorder (once per process) and describes every metric.
+    pub fn install() -> Telemetry {
+        static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+        let handle = HANDLE
+            .get_or_init(|| {
+                let recorder = PrometheusBuilder::new()
+                    .set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".into()),
+                        &[
+                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                            10.0, 30.0,
+                        ],
+                    )
+                    .expect("valid buckets")
+                    .build_recorder();
+                let handle = recorder.handle();
+                let _ = metrics::set_global_recorder(recorder);
+                describe();
+                handle
+            })
+            .clone();
+        Telemetry { handle }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    describe_counter!(EVENTS_CONSUMED, "Messages read from the events topic.");
+    describe_counter!(EVENTS_COUNTED, "Events applied to usage rollups.");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Events sent to the dead-letter topic, by `reason` (the callmeter.error code)."
+    );
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "Events dropped as duplicates of (subject, source, id) within the dedup window."
+    );
+    describe_counter!(
+        EVENTS_REPLAYED,
+        "Messages re-read after a restore to rebuild the dedup set and watermark."
+    );
+    describe_counter!(
+        EVENTS_ALREADY_COUNTED,
+        "Messages re-read after a restart whose events were already stored."
+    );
+    describe_counter!(DLQ_PRODUCED, "Messages produced to the dead-letter topic.");
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages between the partition's high watermark and the pipeline's position, by `partition`."
+    );
+    describe_gauge!(PARTITION_POSITION, "Next offset to read, by `partition`.");
+    describe_gauge!(PARTITIONS_OWNED, "Partitions assigned to this instance.");
+    describe_gauge!(
+        READY,
+        "1 when all assigned partitions are restored and consuming."
+    );
+    describe_gauge!(
+        PAUSED,
+        "1 while consumption is paused because too many rows wait for ClickHouse."
+    );
+    describe_histogram!(
+        FLUSH_DURATION,
+        Unit::Seconds,
+        "Duration of successful flushes to ClickHouse."
+    );
+    describe_counter!(FLUSH_ROWS, "Rollup rows written to ClickHouse.");
+    describe_counter!(FLUSHES, "Successful flushes.");
+    describe_counter!(FLUSH_FAILURES, "Failed flush attempts (each is retried).");
+    describe_gauge!(
+        LAST_FLUSH,
+        Unit::Seconds,
+        "Unix time of the last successful flush."
+    );
+    describe_gauge!(DIRTY_ROWS, "Rollup rows changed since the last flush.");
+    describe_gauge!(STATE_ROWS, "Rollup rows held in memory.");
+    describe_gauge!(DEDUP_ENTRIES, "Event identities held for deduplication.");
+    describe_counter!(
+        DEDUP_EVICTED_EARLY,
+        "Dedup entries dropped before the window ended because pipeline.max_dedup_entries was reached."
+    );
+    describe_counter!(COMMITS, "Offset commits after successful flushes.");
+    describe_counter!(
+        COMMIT_FAILURES,
+        "Offset commits that failed (retried at the next flush)."
+    );
+    describe_histogram!(
+        RESTORE_DURATION,
+        Unit::Seconds,
+        "Time to restore an assigned partition from ClickHouse."
+    );
+    describe_counter!(RESTORES, "Partitions restored after assignment.");
+    describe_counter!(ALERTS, "Usage alerts fired, by `kind`.");
+    describe_histogram!(
+        ALERT_LATENCY,
+        Unit::Seconds,
+        "From the crossing event's Kafka timestamp to the alert's delivery to the alerts topic."
+    );
+    describe_gauge!(
+        TENANT_USAGE_RATIO,
+        "Usage / limit in the current period, by `tenant` and `meter` (capped by metrics.tenant_gauges_max)."
+    );
+    describe_gauge!(
+        TENANT_USAGE,
+        "Usage in the current period, by `tenant` and `meter`."
+    );
+    describe_gauge!(
+        TENANT_OVERAGE_CAPPED,
+        "1 when the tenant's overage charge reached its cap this period, by `tenant` and `meter`."
+    );
+    describe_gauge!(
+        TENANT_GAUGES_SUPPRESSED,
+        "1 when per-tenant gauges are not exported because there are more tenants than metrics.tenant_gauges_max."
+    );
+    describe_gauge!(
+        WALLET_BALANCE,
+        "Prepaid wallet balance, by `tenant` and `currency`."
+    );
+    describe_counter!(STRIPE_EVENTS_SENT, "Meter events accepted by Stripe.");
+    describe_counter!(STRIPE_BATCHES, "Requests sent to Stripe, by `api`.");
+    describe_counter!(STRIPE_FAILURES, "Failed Stripe requests, by `status`.");
+    describe_counter!(
+        STRIPE_REJECTED,
+        "Meter events Stripe permanently rejected, by `code`."
+    );
+    describe_counter!(
+        STRIPE_UNREPORTABLE,
+        "Units that can no longer be reported (usage period older than Stripe's 35-day window), by `meter`."
+    );
+    describe_gauge!(
+        STRIPE_REPORT_LAG,
+        Unit::Seconds,
+        "Age of the oldest flushed usage not yet reported to Stripe."
+    );
+    describe_gauge!(
+        STRIPE_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last successful Stripe request."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads, by `result` (ok, rejected)."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1, with the `version` label.");
+}
