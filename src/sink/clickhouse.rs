@@ -188,19 +188,23 @@ impl AlertRow {
 /// The ClickHouse side of the pipeline.
 #[derive(Clone)]
 pub struct ClickHouse {
+    /// Queries name tables fully; inserts use bare names against this client's database.
     client: Client,
+    /// Without a default database (for `CREATE DATABASE`).
+    admin: Client,
     db: String,
 }
 
 impl ClickHouse {
     pub fn new(s: &ClickHouseSettings) -> ClickHouse {
-        let client = Client::default()
+        let admin = Client::default()
             .with_url(&s.url)
             .with_user(&s.user)
             .with_password(&s.password)
             .with_validation(false);
         ClickHouse {
-            client,
+            client: admin.clone().with_database(&s.database),
+            admin,
             db: s.database.clone(),
         }
     }
@@ -220,23 +224,23 @@ impl ClickHouse {
 
     /// Creates the database and every table that is missing; changes nothing that exists.
     pub async fn migrate(&self) -> Result<Vec<String>, SinkError> {
-        self.client
+        self.admin
             .query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.db))
             .execute()
             .await?;
         let mut applied = Vec::new();
         for (name, sql) in MIGRATIONS {
-            for stmt in sql.split(';') {
-                let body: String = stmt
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if body.trim().is_empty() {
+            let code: String = sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for stmt in code.split(';') {
+                if stmt.trim().is_empty() {
                     continue;
                 }
-                let body = body.replace("callmeter.", &format!("{}.", self.db));
-                self.client.query(&body).execute().await?;
+                let body = stmt.replace("callmeter.", &format!("{}.", self.db));
+                self.admin.query(&body).execute().await?;
             }
             applied.push(name.to_string());
         }
@@ -245,7 +249,7 @@ impl ClickHouse {
 
     /// Round-trip check.
     pub async fn ping(&self) -> Result<(), SinkError> {
-        self.client.query("SELECT 1").fetch_one::<u8>().await?;
+        self.admin.query("SELECT 1").fetch_one::<u8>().await?;
         Ok(())
     }
 
@@ -256,10 +260,7 @@ impl ClickHouse {
             self.insert_alerts(&batch.alerts).await?;
         }
         if !batch.raw_events.is_empty() {
-            let mut ins = self
-                .client
-                .insert::<RawEventRow>(&self.table("call_events"))
-                .await?;
+            let mut ins = self.client.insert::<RawEventRow>("call_events").await?;
             for e in &batch.raw_events {
                 ins.write(&RawEventRow {
                     tenant_id: e.tenant.to_string(),
@@ -279,10 +280,7 @@ impl ClickHouse {
             ins.end().await?;
         }
         if !batch.rows.is_empty() {
-            let mut ins = self
-                .client
-                .insert::<StateRow>(&self.table("rollup_state"))
-                .await?;
+            let mut ins = self.client.insert::<StateRow>("rollup_state").await?;
             for r in &batch.rows {
                 ins.write(&StateRow {
                     source_topic: topic.to_string(),
@@ -299,10 +297,7 @@ impl ClickHouse {
                 .await?;
             }
             ins.end().await?;
-            let mut ins = self
-                .client
-                .insert::<RollupRow>(&self.table("usage_rollups"))
-                .await?;
+            let mut ins = self.client.insert::<RollupRow>("usage_rollups").await?;
             for r in &batch.rows {
                 ins.write(&RollupRow {
                     tenant_id: r.tenant.to_string(),
@@ -323,7 +318,7 @@ impl ClickHouse {
         if !batch.checkpoints.is_empty() {
             let mut ins = self
                 .client
-                .insert::<CheckpointRow>(&self.table("partition_checkpoints"))
+                .insert::<CheckpointRow>("partition_checkpoints")
                 .await?;
             for c in &batch.checkpoints {
                 ins.write(&CheckpointRow {
@@ -343,10 +338,7 @@ impl ClickHouse {
 
     /// Inserts alerts into `usage_alerts`.
     pub async fn insert_alerts(&self, alerts: &[Alert]) -> Result<(), SinkError> {
-        let mut ins = self
-            .client
-            .insert::<AlertRow>(&self.table("usage_alerts"))
-            .await?;
+        let mut ins = self.client.insert::<AlertRow>("usage_alerts").await?;
         for a in alerts {
             ins.write(&AlertRow::from_alert(a)).await?;
         }
