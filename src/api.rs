@@ -225,16 +225,16 @@ struct AtQuery {
     at: Option<String>,
 }
 
-fn parse_at(q: &AtQuery) -> Result<DateTime<Utc>, Response> {
+fn parse_at(q: &AtQuery) -> Result<DateTime<Utc>, Box<Response>> {
     match &q.at {
         None => Ok(Utc::now()),
         Some(a) => DateTime::parse_from_rfc3339(a)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| {
-                error(
+                Box::new(error(
                     StatusCode::BAD_REQUEST,
                     format!("`at` must be RFC 3339 with an offset: {e}"),
-                )
+                ))
             }),
     }
 }
@@ -332,7 +332,7 @@ async fn usage(
     }
     let at = match parse_at(&q) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(t) = tenant_of(&s, &tenant) else {
         return error(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`"));

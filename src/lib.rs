@@ -14,6 +14,7 @@ pub mod period;
 pub mod pipeline;
 pub mod pricing;
 pub mod replay;
+pub mod report;
 pub mod sink;
 pub mod source;
 pub mod state;

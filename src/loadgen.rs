@@ -82,7 +82,7 @@ fn payload(g: &Generated, currency: &str) -> String {
         t = g.tenant,
         time = g.time.to_rfc3339_opts(SecondsFormat::Millis, true),
         d = g.duration_ms,
-        dir = if g.duration_ms % 3 == 0 {
+        dir = if g.duration_ms.is_multiple_of(3) {
             "outbound"
         } else {
             "inbound"

@@ -52,6 +52,12 @@ enum Command {
         #[arg(long)]
         rate: Option<u32>,
     },
+    /// Print per tenant and usage period the calls, minutes, alerts and charges stored in
+    /// ClickHouse.
+    Report {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Publish synthetic call events, deterministic for a seed.
     Loadgen {
         #[arg(long)]
@@ -77,7 +83,7 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CALLMETER_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
         | Command::Migrate { config }
         | Command::CheckConfig { config }
         | Command::Replay { config, .. }
+        | Command::Report { config }
         | Command::Loadgen { config, .. } => config.clone(),
     };
     let config = match load(&config_path) {
@@ -124,6 +131,16 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Replay { dataset, rate, .. } => rt.block_on(replay(&config, &dataset, rate)),
+        Command::Report { .. } => rt.block_on(async {
+            let ch = ClickHouse::new(&config.settings.clickhouse);
+            let lines = callmeter::report::lines(&config, &ch)
+                .await
+                .with_context(|| {
+                    format!("reading ClickHouse at {}", config.settings.clickhouse.url)
+                })?;
+            print!("{}", callmeter::report::format(&config, &lines));
+            Ok(())
+        }),
         Command::Loadgen {
             events,
             tenants,

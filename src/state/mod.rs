@@ -64,10 +64,16 @@ pub struct RowState {
     pub dirty: bool,
 }
 
+/// Name -> id, and id -> name.
+type Interned = (FxHashMap<Arc<str>, u32>, Vec<Arc<str>>);
+
+/// Fired alert kinds and the raw sum at which the next one could fire (`None`: recompute).
+type AlertEntry = (SmallVec<[Arc<str>; 4]>, Option<Decimal>);
+
 /// Tenant names interned to small ids, shared with the HTTP API.
 #[derive(Debug, Default)]
 pub struct TenantRegistry {
-    inner: RwLock<(FxHashMap<Arc<str>, u32>, Vec<Arc<str>>)>,
+    inner: RwLock<Interned>,
 }
 
 impl TenantRegistry {
@@ -421,7 +427,7 @@ pub struct Processor {
     tenants: Vec<TenantRt>,
     tenant_ids: FxHashMap<Box<str>, u32>,
     partitions: FxHashMap<i32, PartitionState>,
-    alert_state: FxHashMap<AlertKey, (SmallVec<[Arc<str>; 4]>, Option<Decimal>)>,
+    alert_state: FxHashMap<AlertKey, AlertEntry>,
     pending_alerts: Vec<Alert>,
     new_alerts: Vec<Alert>,
     raw_events: Vec<RawEventRecord>,

@@ -418,7 +418,7 @@ proptest! {
             p.process(&InMessage { partition: 0, offset: i as i64, payload: Some(pl.as_bytes()), timestamp_ms: Some(*ts) }, now());
             i += 1;
             processed += 1;
-            if processed % flush_every == 0 {
+            if processed.is_multiple_of(flush_every) {
                 let b = p.snapshot();
                 store.write(&b, usize::MAX, true);
                 p.flushed(&b.checkpoints);

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of callmeter against real servers: unit and property tests, integration
+# tests (each starts its own tansu and ClickHouse processes), and lint checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release --all-targets
+if [ -d prometheus/tests ]; then
+  for t in prometheus/tests/*.yml; do promtool test rules "$t"; done
+fi
+if [ -f docker-compose.yml ]; then
+  docker-compose -f docker-compose.yml config -q
+fi
+echo "all tests passed"

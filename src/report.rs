@@ -1,0 +1,154 @@
+//! `callmeter report`: per tenant and usage period, what ClickHouse holds (calls, minutes,
+//! alerts) and what it costs under the tenant's plan, read back from `usage_rollups FINAL`
+//! and `usage_alerts FINAL`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+
+use crate::config::Config;
+use crate::period::Period;
+use crate::pricing::{self, ChargeInput, MeterUsage};
+use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9};
+
+/// One (tenant, period) line of the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportLine {
+    pub tenant: String,
+    pub period: Period,
+    /// Meter name -> value.
+    pub usage: BTreeMap<String, Decimal>,
+    pub alerts: Vec<String>,
+    pub plan: String,
+    pub currency: String,
+    pub total: Option<Decimal>,
+}
+
+/// Reads the report lines from ClickHouse.
+pub async fn lines(config: &Config, ch: &ClickHouse) -> Result<Vec<ReportLine>, SinkError> {
+    let rows: Vec<(String, String, u32, u32, i128)> = ch
+        .client()
+        .query(&format!(
+            "SELECT tenant_id, meter, toUInt32(period_start), toUInt32(any(period_end)), sum(value) \
+             FROM {} FINAL GROUP BY tenant_id, meter, period_start ORDER BY tenant_id, period_start, meter",
+            ch.table("usage_rollups")
+        ))
+        .fetch_all()
+        .await?;
+    let alerts: Vec<(String, u32, String)> = ch
+        .client()
+        .query(&format!(
+            "SELECT tenant_id, toUInt32(period_start), kind FROM {} FINAL \
+             WHERE meter = 'call_minutes' ORDER BY tenant_id, period_start, fired_at, usage",
+            ch.table("usage_alerts")
+        ))
+        .fetch_all()
+        .await?;
+    let mut by: BTreeMap<(String, u32), ReportLine> = BTreeMap::new();
+    for (tenant, meter, start, end, value) in rows {
+        let l = by
+            .entry((tenant.clone(), start))
+            .or_insert_with(|| ReportLine {
+                tenant,
+                period: Period {
+                    start: start as i64,
+                    end: end as i64,
+                },
+                usage: BTreeMap::new(),
+                alerts: vec![],
+                plan: String::new(),
+                currency: String::new(),
+                total: None,
+            });
+        l.usage.insert(meter, from_dec9(value)?);
+    }
+    for (tenant, start, kind) in alerts {
+        if let Some(l) = by.get_mut(&(tenant, start))
+            && !l.alerts.contains(&kind)
+        {
+            l.alerts.push(kind);
+        }
+    }
+    let rank = |k: &str| match k {
+        "overage" => 1_000,
+        "overage_cap" => 1_001,
+        _ => k.trim_end_matches('%').parse::<u32>().unwrap_or(999),
+    };
+    for l in by.values_mut() {
+        l.alerts.sort_by_key(|k| rank(k));
+    }
+    let cat = &config.catalog;
+    let now = Utc::now();
+    for l in by.values_mut() {
+        let Some(t) = cat.tenant(&l.tenant) else {
+            continue;
+        };
+        let plan = t.plan_for_period(l.period, now);
+        l.plan = plan.id.clone();
+        l.currency = plan.currency.clone();
+        let usage: Vec<MeterUsage> = l
+            .usage
+            .iter()
+            .filter_map(|(name, v)| {
+                cat.meter_id(name).map(|m| MeterUsage {
+                    meter: m,
+                    name: name.clone(),
+                    usage: *v,
+                })
+            })
+            .collect();
+        let c = pricing::charges(&ChargeInput {
+            tenant: &t,
+            period: l.period,
+            usage: &usage,
+            first_period: false,
+            now,
+        });
+        l.total = Some(c.total);
+    }
+    Ok(by.into_values().collect())
+}
+
+/// Formats report lines as a table, periods shown in each tenant's time zone.
+pub fn format(config: &Config, lines: &[ReportLine]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:<20} {:>8} {:>14} {:<34} {:>14}",
+        "tenant", "period", "plan", "calls", "minutes", "alerts (call_minutes)", "charges"
+    );
+    for l in lines {
+        let tz = config
+            .catalog
+            .tenant(&l.tenant)
+            .map(|t| t.tz)
+            .unwrap_or(chrono_tz::UTC);
+        let month = l
+            .period
+            .start_utc()
+            .with_timezone(&tz)
+            .format("%Y-%m")
+            .to_string();
+        let get = |m: &str| l.usage.get(m).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:<20} {:>8} {:>14} {:<34} {:>14}",
+            l.tenant,
+            month,
+            l.plan,
+            get("calls").normalize(),
+            get("call_minutes").round_dp(2),
+            if l.alerts.is_empty() {
+                "-".to_string()
+            } else {
+                l.alerts.join(",")
+            },
+            l.total
+                .map(|t| format!("{} {}", l.currency, pricing::money_str::format(t)))
+                .unwrap_or_default()
+        );
+    }
+    out
+}

@@ -1,0 +1,5 @@
+//! Integration tests against real tansu and real ClickHouse (see `common`).
+
+mod common;
+mod malformed;
+mod realdata;
