@@ -19,6 +19,8 @@ pub struct MeterId(pub u16);
 pub const CALL_MINUTES: MeterId = MeterId(0);
 pub const CALLS: MeterId = MeterId(1);
 pub const REVENUE: MeterId = MeterId(2);
+/// Prepaid wallet credit: the sum of `wallet.topped_up` amounts (see [`crate::wallet`]).
+pub const WALLET_CREDIT: MeterId = MeterId(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Aggregation {
@@ -39,6 +41,7 @@ pub enum Builtin {
     CallMinutes,
     Calls,
     Revenue,
+    WalletCredit,
 }
 
 /// A dotted path into an event's `data` (`revenue.amount`).
@@ -86,7 +89,7 @@ pub fn round_half_up(d: Decimal, dp: u32) -> Decimal {
 }
 
 impl MeterDef {
-    /// `call_minutes`, `calls`, `revenue`, at ids 0, 1, 2.
+    /// `call_minutes`, `calls`, `revenue`, `wallet_credit`, at ids 0, 1, 2, 3.
     pub fn builtins() -> Vec<MeterDef> {
         vec![
             MeterDef {
@@ -122,6 +125,16 @@ impl MeterDef {
                 filters: vec![],
                 builtin: Some(Builtin::Revenue),
             },
+            MeterDef {
+                name: "wallet_credit".into(),
+                event_types: vec![crate::event::WALLET_TOPPED_UP.into()],
+                aggregation: Aggregation::Sum,
+                value: FieldPath::parse("amount"),
+                divisor: Decimal::ONE,
+                rounding: Rounding::None,
+                filters: vec![],
+                builtin: Some(Builtin::WalletCredit),
+            },
         ]
     }
 
@@ -136,6 +149,7 @@ impl MeterDef {
                 (Builtin::Calls, Body::Call(_)) => Some(Decimal::ONE),
                 (Builtin::Revenue, Body::Call(c)) => c.revenue.as_ref().map(|r| r.amount),
                 (Builtin::Revenue, Body::Revenue(r)) => Some(r.amount.amount),
+                (Builtin::WalletCredit, Body::WalletTopUp(w)) => Some(w.amount.amount),
                 _ => None,
             });
         }
@@ -310,6 +324,17 @@ value = "segments"
         );
         assert_eq!(c[3], ("ai_minutes".into(), Some(Decimal::from(2))));
         assert_eq!(c[4], ("human_calls".into(), None));
+        let w = contributions(
+            &cat,
+            &event(
+                "wallet.topped_up",
+                r#"{"amount":"25.50","currency":"USD","payment_reference":"flw_1"}"#,
+            ),
+        );
+        assert_eq!(
+            w,
+            vec![("wallet_credit".into(), Some(Decimal::new(2550, 2)))]
+        );
         let c = contributions(
             &cat,
             &event(

@@ -198,13 +198,6 @@ pub enum Outcome {
     NotOwned,
 }
 
-/// A wallet top-up applied (for the prepaid wallet ledger).
-#[derive(Debug, Clone)]
-pub struct TopUp {
-    pub tenant: Arc<str>,
-    pub amount: Decimal,
-}
-
 #[derive(Debug, Default)]
 struct DedupSet {
     map: FxHashMap<u128, i64>,
@@ -431,7 +424,6 @@ pub struct Processor {
     pending_alerts: Vec<Alert>,
     new_alerts: Vec<Alert>,
     raw_events: Vec<RawEventRecord>,
-    top_ups: Vec<TopUp>,
     dirty_rows: usize,
     dedup_evicted_early: u64,
     key_buf: Vec<u8>,
@@ -460,7 +452,6 @@ impl Processor {
             pending_alerts: Vec::new(),
             new_alerts: Vec::new(),
             raw_events: Vec::new(),
-            top_ups: Vec::new(),
             dirty_rows: 0,
             dedup_evicted_early: 0,
             key_buf: Vec::with_capacity(256),
@@ -509,11 +500,6 @@ impl Processor {
     /// Alerts fired since the last call, to be sent to the alerts topic now.
     pub fn take_new_alerts(&mut self) -> Vec<Alert> {
         std::mem::take(&mut self.new_alerts)
-    }
-
-    /// Wallet top-ups applied since the last call.
-    pub fn take_top_ups(&mut self) -> Vec<TopUp> {
-        std::mem::take(&mut self.top_ups)
     }
 
     pub fn partition(&self, p: i32) -> Option<&PartitionState> {
@@ -605,9 +591,7 @@ impl Processor {
             ));
         }
         let catalog = self.catalog.clone();
-        let ev = event::decode(payload, |t| {
-            catalog.by_event_type.contains_key(t) || t == event::WALLET_TOPPED_UP
-        })?;
+        let ev = event::decode(payload, |t| catalog.by_event_type.contains_key(t))?;
         let tidx = self.tenant_idx(&ev.subject).ok_or_else(|| {
             Rejection::new(
                 ErrorCode::UnknownTenant,
@@ -682,13 +666,6 @@ impl Processor {
                 ),
             ));
         }
-        if let Body::WalletTopUp(w) = &ev.body {
-            self.top_ups.push(TopUp {
-                tenant: self.tenants[tidx as usize].name.clone(),
-                amount: w.amount.amount,
-            });
-        }
-
         let mut applied = false;
         let mut skipped = false;
         for (mid, c) in contributions {
@@ -726,8 +703,7 @@ impl Processor {
             self.note_tenant_partition(tidx, m.partition);
             self.check_alerts(tidx, mid, period, &plan, raw, &ev);
         }
-        let t = &mut self.tenants[tidx as usize];
-        t.first_period = Some(t.first_period.map_or(period.start, |f| f.min(period.start)));
+        self.note_first_period(tidx, period.start);
         if applied && self.params.raw_events {
             self.raw_events.push(RawEventRecord {
                 tenant: self.tenants[tidx as usize].name.clone(),
@@ -745,6 +721,16 @@ impl Processor {
         } else {
             Outcome::AlreadyCounted
         }))
+    }
+
+    /// Records the tenant's earliest usage period (one-time allowances apply there).
+    fn note_first_period(&mut self, tidx: u32, start: i64) {
+        let t = &mut self.tenants[tidx as usize];
+        if t.first_period.is_none_or(|f| start < f) {
+            t.first_period = Some(start);
+            t.cache = None;
+            self.shared.first_periods.insert(t.name.to_string(), start);
+        }
     }
 
     fn note_tenant_partition(&self, tenant: u32, partition: i32) {
@@ -1016,9 +1002,7 @@ impl Processor {
         self.partitions.insert(p, ps);
         for (t, start) in &r.first_periods {
             if let Some(tidx) = self.tenant_idx(t) {
-                let rt = &mut self.tenants[tidx as usize];
-                rt.first_period = Some(rt.first_period.map_or(*start, |f| f.min(*start)));
-                rt.cache = None;
+                self.note_first_period(tidx, *start);
             }
         }
         for row in r.rows {
