@@ -13,6 +13,7 @@ pub mod meter;
 pub mod period;
 pub mod pipeline;
 pub mod pricing;
+pub mod reconcile;
 pub mod replay;
 pub mod report;
 pub mod sink;

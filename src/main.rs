@@ -58,6 +58,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Recompute a usage period's totals from the raw events in `call_events` and report any
+    /// difference from the rollups (exit status 1 if there is one).
+    Reconcile {
+        #[arg(long)]
+        config: PathBuf,
+        /// `YYYY-MM` (the period anchored in that month) or an RFC 3339 instant.
+        #[arg(long)]
+        period: String,
+    },
     /// Publish synthetic call events, deterministic for a seed.
     Loadgen {
         #[arg(long)]
@@ -104,6 +113,7 @@ fn main() -> ExitCode {
         | Command::CheckConfig { config }
         | Command::Replay { config, .. }
         | Command::Report { config }
+        | Command::Reconcile { config, .. }
         | Command::Loadgen { config, .. } => config.clone(),
     };
     let config = match load(&config_path) {
@@ -131,6 +141,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Replay { dataset, rate, .. } => rt.block_on(replay(&config, &dataset, rate)),
+        Command::Reconcile { period, .. } => rt.block_on(reconcile(&config, &period)),
         Command::Report { .. } => rt.block_on(async {
             let ch = ClickHouse::new(&config.settings.clickhouse);
             let lines = callmeter::report::lines(&config, &ch)
@@ -182,6 +193,35 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("migrating ClickHouse at {}", config.settings.clickhouse.url))?;
     for f in applied {
         println!("ok {f}");
+    }
+    Ok(())
+}
+
+async fn reconcile(config: &Config, period: &str) -> anyhow::Result<()> {
+    let ch = ClickHouse::new(&config.settings.clickhouse);
+    let lines = callmeter::reconcile::reconcile(config, &ch, period).await?;
+    println!(
+        "{:<24} {:<16} {:<22} {:>20} {:>20}  status",
+        "tenant", "meter", "period start (UTC)", "raw events", "rollups"
+    );
+    let mut bad = 0;
+    for l in &lines {
+        if !l.matches() {
+            bad += 1;
+        }
+        println!(
+            "{:<24} {:<16} {:<22} {:>20} {:>20}  {}",
+            l.tenant,
+            l.meter,
+            l.period.start_utc().format("%Y-%m-%dT%H:%M:%SZ"),
+            l.raw_events,
+            l.rollups,
+            if l.matches() { "ok" } else { "MISMATCH" }
+        );
+    }
+    println!("{} lines, {} mismatches", lines.len(), bad);
+    if bad > 0 {
+        anyhow::bail!("{bad} totals differ between raw events and rollups");
     }
     Ok(())
 }

@@ -610,6 +610,7 @@ pub fn run(
             }
         }
         if last_publish.elapsed() >= Duration::from_millis(500) {
+            inner.proc.lock().expect("processor lock").refresh_catalog();
             counters.publish();
             publish_gauges(&inner, &shared);
             last_publish = Instant::now();

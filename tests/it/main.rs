@@ -1,5 +1,6 @@
 //! Integration tests against real tansu and real ClickHouse (see `common`).
 
 mod common;
+mod faults;
 mod malformed;
 mod realdata;

@@ -340,6 +340,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// One test's world: topics, database, group, config file, API port.
+#[derive(Clone)]
 pub struct World {
     pub name: String,
     pub brokers: String,
@@ -355,6 +356,25 @@ pub struct World {
     pub extra: String,
     /// Overrides of generated sections, e.g. `("pipeline", "flush_interval = \"500ms\"")`.
     pub sections: BTreeMap<String, String>,
+    /// The instance that owns `api_port` (the first one started).
+    primary: Primary,
+}
+
+/// Which instance name serves the world's API port (shared by clones).
+#[derive(Clone, Default)]
+struct Primary(std::sync::Arc<Mutex<String>>);
+
+impl Primary {
+    /// Sets the primary to `name` if none is set; returns the primary.
+    fn compare_exchange(&self, empty: String, name: String) -> Result<String, String> {
+        let mut g = self.0.lock().unwrap();
+        if *g == empty {
+            *g = name.clone();
+            Ok(name)
+        } else {
+            Err(g.clone())
+        }
+    }
 }
 
 impl World {
@@ -379,6 +399,7 @@ impl World {
             dir: test_root().join(&id),
             extra: String::new(),
             sections: BTreeMap::new(),
+            primary: Primary::default(),
         };
         std::fs::create_dir_all(&w.dir).unwrap();
         create_topic(brokers, &w.topic, partitions);
@@ -449,8 +470,24 @@ tokens = ["test-token"]
         self.run_with(instance, &[])
     }
 
+    /// Starts `callmeter run` as a dynamic group member (no `group.instance.id`).
+    pub fn run_dynamic(&self, instance: &str) -> Pipeline {
+        self.run_with(instance, &[("DYNAMIC_MEMBERSHIP", "1")])
+    }
+
     pub fn run_with(&self, instance: &str, env: &[(&str, &str)]) -> Pipeline {
         let config = self.config();
+        // The first instance started serves the world's API port; others get their own.
+        let port = if self
+            .primary
+            .compare_exchange(String::new(), instance.to_string())
+            .unwrap_or_else(|cur| cur)
+            == instance
+        {
+            self.api_port
+        } else {
+            free_port()
+        };
         let log = self.dir.join(format!("{instance}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -460,16 +497,20 @@ tokens = ["test-token"]
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_callmeter"));
         cmd.args(["run", "--config"])
             .arg(&config)
-            .env("CALLMETER_KAFKA__GROUP_INSTANCE_ID", instance)
+            .env("CALLMETER_API__LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(file.try_clone().unwrap())
             .stderr(file);
-        for (k, v) in env {
+        if !env.iter().any(|(k, _)| *k == "DYNAMIC_MEMBERSHIP") {
+            cmd.env("CALLMETER_KAFKA__GROUP_INSTANCE_ID", instance);
+        }
+        for (k, v) in env.iter().filter(|(k, _)| *k != "DYNAMIC_MEMBERSHIP") {
             cmd.env(k, v);
         }
         Pipeline {
             child: Some(spawn(cmd)),
             log,
+            api_port: port,
         }
     }
 
@@ -499,6 +540,11 @@ tokens = ["test-token"]
     /// Produces `(key, payload)` messages and waits for all deliveries.
     pub async fn produce(&self, msgs: &[(String, Vec<u8>)]) {
         let p = self.producer();
+        self.produce_with(&p, msgs).await;
+    }
+
+    /// Produces with an existing producer (streams reuse one client).
+    pub async fn produce_with(&self, p: &FutureProducer, msgs: &[(String, Vec<u8>)]) {
         let mut futs = Vec::new();
         for (k, v) in msgs {
             let rec = FutureRecord::to(&self.topic).key(k).payload(v);
@@ -571,6 +617,8 @@ pub struct Consumed {
 pub struct Pipeline {
     child: Option<Child>,
     pub log: PathBuf,
+    /// This instance's API port.
+    pub api_port: u16,
 }
 
 impl Pipeline {
@@ -607,6 +655,10 @@ impl Pipeline {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
     }
 
     pub fn log_text(&self) -> String {
