@@ -303,6 +303,12 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
         tokens: tokens.clone(),
         wallets: None,
     };
+    rt.spawn(callmeter::gauges::run(
+        shared.clone(),
+        state.telemetry.clone(),
+        config.settings.metrics.tenant_gauges_max,
+        shutdown.clone(),
+    ));
     let listen = config.settings.api.listen.clone();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&listen))
