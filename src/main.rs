@@ -278,6 +278,11 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
     let telemetry = Telemetry::install();
     metrics::gauge!(callmeter::telemetry::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
+    // Series the alerting rules use that the pipeline only touches on change or failure:
+    // exported from the start, so that the first failure counts in increase() and a rule
+    // can tell "not paused" from "unknown".
+    metrics::gauge!(callmeter::telemetry::PAUSED).set(0.0);
+    metrics::counter!(callmeter::telemetry::FLUSH_FAILURES).increment(0);
     let ch = ClickHouse::new(&config.settings.clickhouse);
     rt.block_on(async {
         let mut backoff = callmeter::sink::clickhouse::flush_backoff();
