@@ -328,6 +328,42 @@ async fn prometheus_scrapes_the_series_the_rules_use() {
     let defined = file.matches("- alert: ").count();
     assert_eq!(names.len(), defined, "{names:?}");
 
+    // Every query of the Grafana dashboard runs, with its variables filled in.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/grafana/callmeter.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$job", "callmeter")
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m");
+            assert!(
+                prom.get("/api/v1/query", &[("query", &expr)])
+                    .await
+                    .is_some(),
+                "dashboard query of panel {}: {expr}",
+                panel["title"]
+            );
+            queries += 1;
+        }
+    }
+    assert!(queries >= 20, "{queries} dashboard queries");
+    let top = prom
+        .query(
+            &r#"topk(20, max by (tenant, meter) (callmeter_tenant_usage_ratio{job="callmeter", instance=~".*"}))"#,
+        )
+        .await;
+    assert_eq!(top.len(), 5, "top tenants panel: {top:?}");
+
     // The tenant rule sees tt over its limit (pending: it needs a minute to fire), and no
     // rule about the instance's health or its flushes is active.
     let alerting = eventually(Duration::from_secs(15), || async {
