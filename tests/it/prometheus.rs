@@ -359,7 +359,7 @@ async fn prometheus_scrapes_the_series_the_rules_use() {
     assert!(queries >= 20, "{queries} dashboard queries");
     let top = prom
         .query(
-            &r#"topk(20, max by (tenant, meter) (callmeter_tenant_usage_ratio{job="callmeter", instance=~".*"}))"#,
+            r#"topk(20, max by (tenant, meter) (callmeter_tenant_usage_ratio{job="callmeter", instance=~".*"}))"#,
         )
         .await;
     assert_eq!(top.len(), 5, "top tenants panel: {top:?}");
