@@ -12,6 +12,9 @@ cargo test --release --all-targets
 if [ -d prometheus/tests ]; then
   for t in prometheus/tests/*.yml; do promtool test rules "$t"; done
 fi
+if [ -f prometheus/prometheus.yml ]; then
+  promtool check config prometheus/prometheus.yml
+fi
 if [ -f docker-compose.yml ]; then
   docker-compose -f docker-compose.yml config -q
 fi

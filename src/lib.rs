@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod event;
+pub mod gauges;
 pub mod loadgen;
 pub mod meter;
 pub mod period;

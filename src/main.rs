@@ -318,6 +318,11 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
     let telemetry = Telemetry::install();
     metrics::gauge!(callmeter::telemetry::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
+    // Series the alerting rules use that the pipeline only touches on change or failure:
+    // exported from the start, so that the first failure counts in increase() and a rule
+    // can tell "not paused" from "unknown".
+    metrics::gauge!(callmeter::telemetry::PAUSED).set(0.0);
+    metrics::counter!(callmeter::telemetry::FLUSH_FAILURES).increment(0);
     let ch = ClickHouse::new(&config.settings.clickhouse);
     rt.block_on(async {
         let mut backoff = callmeter::sink::clickhouse::flush_backoff();
@@ -343,6 +348,12 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
         tokens: tokens.clone(),
         wallets: None,
     };
+    rt.spawn(callmeter::gauges::run(
+        shared.clone(),
+        state.telemetry.clone(),
+        config.settings.metrics.tenant_gauges_max,
+        shutdown.clone(),
+    ));
     let listen = config.settings.api.listen.clone();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&listen))

@@ -48,6 +48,12 @@ pub const STRIPE_LAST_SUCCESS: &str = "callmeter_stripe_last_success_timestamp_s
 pub const CONFIG_RELOADS: &str = "callmeter_config_reloads_total";
 pub const BUILD_INFO: &str = "callmeter_build_info";
 
+/// Exposition text rendered outside the recorder, by section name: families whose series
+/// must disappear when they no longer apply (the recorder cannot forget a series), such as
+/// the per-tenant gauges of [`crate::gauges`].
+static SECTIONS: std::sync::RwLock<std::collections::BTreeMap<&'static str, String>> =
+    std::sync::RwLock::new(std::collections::BTreeMap::new());
+
 /// The installed recorder.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -79,9 +85,22 @@ impl Telemetry {
         Telemetry { handle }
     }
 
-    /// Prometheus text exposition format.
+    /// Prometheus text exposition format: the recorder's metrics, then every section.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut out = self.handle.render();
+        for text in SECTIONS.read().unwrap_or_else(|e| e.into_inner()).values() {
+            out.push_str(text);
+        }
+        out
+    }
+
+    /// Replaces the section `name` of the exposition with `text` (complete metric families
+    /// in the text format, names not used through the recorder).
+    pub fn set_section(&self, name: &'static str, text: String) {
+        SECTIONS
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, text);
     }
 }
 

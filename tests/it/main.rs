@@ -3,4 +3,5 @@
 mod common;
 mod faults;
 mod malformed;
+mod prometheus;
 mod realdata;
