@@ -3,3 +3,4 @@
 mod common;
 mod malformed;
 mod realdata;
+mod stripe;
