@@ -161,6 +161,9 @@ impl Reporter {
     /// One reporting cycle. `last`: the pipeline has stopped and released its partitions;
     /// report for the partitions owned at the previous cycle.
     pub async fn cycle(&mut self, last: bool) -> Result<CycleStats, LedgerError> {
+        if self.meter_names.is_empty() {
+            return Ok(CycleStats::default());
+        }
         if !self.layout_ok {
             ledger::check_layout(&self.ch).await?;
             self.layout_ok = true;
@@ -432,6 +435,9 @@ pub async fn run(
             return;
         }
     };
+    if settings.meters.is_empty() {
+        tracing::warn!("stripe.enabled = true but no [stripe.meters.<meter>]: nothing to report");
+    }
     tracing::info!(api = %settings.api, interval = ?settings.report_interval, meters = ?reporter.meter_names, "Stripe reporting started");
     let mut tick = tokio::time::interval(settings.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -363,6 +363,16 @@ plan = "basic"
         .extra(&stripe_section(&url, "v1", 100))
         .extra(plan())
         .extra(tenants);
+    // Enabled without the secret key: a start-up error naming the variable.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callmeter"))
+        .args(["run", "--config"])
+        .arg(w.config())
+        .env_remove("STRIPE_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STRIPE_API_KEY"));
+
     let now = Utc::now() - chrono::Duration::minutes(2);
     let old = Utc::now() - chrono::Duration::days(75);
     // The old call first: the partition's watermark still accepts its period.
