@@ -470,3 +470,101 @@ fn log_cycle(r: Result<CycleStats, LedgerError>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use axum::Json;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use std::sync::Mutex;
+
+    /// A stream endpoint that refuses a whole request when one of its events has value 13,
+    /// the way a synchronous validation would.
+    async fn picky_server(seen: Arc<Mutex<Vec<usize>>>) -> String {
+        let app = axum::Router::new()
+            .route(
+                "/v2/billing/meter_event_session",
+                post(|| async {
+                    Json(serde_json::json!({
+                        "authentication_token": "tok",
+                        "created": "2026-01-01T00:00:00Z",
+                        "expires_at": "2026-01-01T00:15:00Z",
+                    }))
+                }),
+            )
+            .route(
+                "/v2/billing/meter_event_stream",
+                post(move |Json(v): Json<serde_json::Value>| {
+                    let seen = seen.clone();
+                    async move {
+                        let events = v["events"].as_array().cloned().unwrap_or_default();
+                        seen.lock().unwrap().push(events.len());
+                        if events.iter().any(|e| e["payload"]["value"] == "13") {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                Json(serde_json::json!({"error": {
+                                    "type": "invalid_request_error",
+                                    "code": "meter_event_invalid_value"}})),
+                            );
+                        }
+                        (StatusCode::OK, Json(serde_json::json!({})))
+                    }
+                }),
+            );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_rejected_event_is_isolated_and_the_rest_delivered() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let url = picky_server(seen.clone()).await;
+        let config = Config::from_toml_str("").unwrap();
+        let mut settings = config.settings.stripe.clone();
+        settings.api_base = url.clone();
+        settings.meter_events_base = url;
+        settings.rate_limit = 10_000;
+        let reporter = Reporter::new(
+            &settings,
+            "sk_test".into(),
+            ClickHouse::new(&config.settings.clickhouse),
+            Shared::new(config.catalog.clone()),
+        )
+        .unwrap();
+        let key = GroupKey {
+            tenant: "t".into(),
+            meter: "calls".into(),
+            period_start: 0,
+        };
+        let reports: Vec<Report> = (0..250)
+            .map(|i| {
+                let (before, after) = if i == 137 { (0, 13) } else { (0, 1) };
+                Report {
+                    key: key.clone(),
+                    period_end: 1,
+                    customer: "cus_1".into(),
+                    event_name: "calls".into(),
+                    before,
+                    after,
+                    timestamp: 0,
+                    identifier: format!("id{i}"),
+                    flushed_at: 0,
+                }
+            })
+            .collect();
+        let d = reporter.deliver(reports).await;
+        assert_eq!(d.sent.len(), 249);
+        assert_eq!(d.rejected.len(), 1);
+        assert_eq!(d.rejected[0].0.identifier, "id137");
+        assert_eq!(d.rejected[0].1, "meter_event_invalid_value");
+        assert!(d.stopped.is_none());
+        let sizes = seen.lock().unwrap().clone();
+        assert!(sizes.iter().all(|n| *n <= 100), "{sizes:?}");
+        // 3 batches, then halving the rejected one down to the single bad event.
+        assert!(sizes.len() <= 3 + 2 * 7, "{sizes:?}");
+    }
+}

@@ -105,8 +105,8 @@ pub fn classify(a: &Answer) -> Disposition {
 }
 
 /// Delays between attempts of one request: jittered exponential backoff from 250 ms,
-/// capped at 8 s, 7 retries (about 30 s in all) before the request is left for the next
-/// cycle.
+/// capped at 8 s (plus jitter), 7 retries (under a minute in all) before the request is
+/// left for the next cycle.
 pub fn backoff() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
