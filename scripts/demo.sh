@@ -3,7 +3,8 @@
 # brings up a local Kafka-compatible broker (tansu) and ClickHouse as local processes
 # (installing them when missing), creates topics and tables, runs the pipeline, replays the
 # records through it, and prints per tenant and month the calls, minutes, alerts and charges
-# read back from ClickHouse. Everything it starts is stopped on exit; state lives in .demo/.
+# read back from ClickHouse, then per tenant what the Stripe test server received next to
+# ClickHouse's totals. Everything it starts is stopped on exit; state lives in .demo/.
 #
 #   scripts/demo.sh [DATASET_DIR]      (default: ../shared/data/anonbank)
 set -euo pipefail
@@ -20,7 +21,7 @@ cargo build --release --quiet
 BIN=$ROOT/target/release/callmeter
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CH_PORT=$(free_port); KAFKA_PORT=$(free_port); API_PORT=$(free_port)
+CH_PORT=$(free_port); KAFKA_PORT=$(free_port); API_PORT=$(free_port); STRIPE_PORT=$(free_port)
 
 rm -rf "$DEMO"; mkdir -p "$DEMO/clickhouse/tmp" "$DEMO/tansu"
 pids=()
@@ -43,6 +44,15 @@ echo "demo: starting tansu on 127.0.0.1:$KAFKA_PORT"
   >"$DEMO/tansu/log" 2>&1) &
 pids+=($!)
 
+# Stripe is unreachable from here: usage goes to the Stripe test server (a test double),
+# whose clock, like the reporter's (stripe.clock), reads early March 1999, with a few
+# injected faults (429, 500, dropped connections) that the reporter retries through.
+echo "demo: starting the Stripe test server on 127.0.0.1:$STRIPE_PORT"
+"$ROOT/target/release/stripe-test-server" --listen "127.0.0.1:$STRIPE_PORT" \
+  --clock 1999-03-03T00:00:00+02:00 --fault-429 0.1 --fault-500 0.1 --fault-drop 0.1 \
+  >"$DEMO/stripe-test-server.log" 2>&1 &
+pids+=($!)
+
 for _ in $(seq 1 150); do
   curl -sf "http://127.0.0.1:$CH_PORT/?query=SELECT%201" >/dev/null 2>&1 && break; sleep 0.2
 done
@@ -58,6 +68,9 @@ done
 export CALLMETER_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
 export CALLMETER_CLICKHOUSE__URL="http://127.0.0.1:$CH_PORT"
 export CALLMETER_API__LISTEN="127.0.0.1:$API_PORT"
+export CALLMETER_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_PORT"
+export CALLMETER_STRIPE__METER_EVENTS_BASE="http://127.0.0.1:$STRIPE_PORT"
+export STRIPE_API_KEY="sk_test_callmeter_demo"
 
 "$BIN" migrate --config "$CONFIG"
 echo "demo: starting the pipeline (log: .demo/callmeter.log, API: http://127.0.0.1:$API_PORT)"
@@ -93,4 +106,8 @@ kill -TERM "$PIPE"; wait "$PIPE" || true
 echo "demo: pipeline stopped (SIGTERM: drained, flushed, committed)"
 echo
 "$BIN" report --config "$CONFIG"
-[ "$GOT" = "$EXPECTED" ]
+echo
+echo "demo: Stripe (test server) next to ClickHouse, whole units per tenant and Stripe meter:"
+STRIPE_OK=0
+scripts/stripe_compare.py "$CONFIG" "http://127.0.0.1:$CH_PORT" "http://127.0.0.1:$STRIPE_PORT" || STRIPE_OK=1
+[ "$GOT" = "$EXPECTED" ] && [ "$STRIPE_OK" = 0 ]

@@ -321,6 +321,14 @@ pub struct StripeSettings {
     pub api_version: String,
     /// Per meter: the Stripe meter's `event_name` and the multiplier.
     pub meters: BTreeMap<String, StripeMeterSettings>,
+    /// Deadline of one HTTP request to Stripe; a request that takes longer is retried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Test and demo only: report as if the wall clock had read this RFC 3339 instant when
+    /// the process started (it then runs on from there). Lets a replay of historical data
+    /// be reported to the Stripe test server inside Stripe's 35-day window. Refused with a
+    /// Stripe (`stripe.com`) endpoint.
+    pub clock: Option<String>,
 }
 
 impl Default for StripeSettings {
@@ -335,6 +343,8 @@ impl Default for StripeSettings {
             rate_limit: 50,
             api_version: "2025-03-31.preview".into(),
             meters: BTreeMap::new(),
+            request_timeout: Duration::from_secs(30),
+            clock: None,
         }
     }
 }
@@ -679,6 +689,38 @@ fn validate_runtime(s: &Settings) -> Result<(), ConfigError> {
             "stripe.report_interval",
             "must be positive",
         ));
+    }
+    for (key, url) in [
+        ("stripe.api_base", &st.api_base),
+        ("stripe.meter_events_base", &st.meter_events_base),
+    ] {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::new(key, "must be an http:// or https:// URL"));
+        }
+    }
+    if st.request_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "stripe.request_timeout",
+            "must be positive",
+        ));
+    }
+    if let Some(clock) = &st.clock {
+        if DateTime::parse_from_rfc3339(clock).is_err() {
+            return Err(ConfigError::new(
+                "stripe.clock",
+                format!("`{clock}` is not an RFC 3339 instant"),
+            ));
+        }
+        let real = |u: &str| {
+            let host = u.split("://").nth(1).unwrap_or("").split(['/', ':']).next();
+            host.is_some_and(|h| h == "stripe.com" || h.ends_with(".stripe.com"))
+        };
+        if real(&st.api_base) || real(&st.meter_events_base) {
+            return Err(ConfigError::new(
+                "stripe.clock",
+                "is for the Stripe test server only; it cannot be used with a stripe.com endpoint",
+            ));
+        }
     }
     Ok(())
 }
@@ -1522,6 +1564,29 @@ plan = "starter"
         assert_eq!(
             err("[stripe.meters.nope]\nevent_name = \"x\"\n").key,
             "stripe.meters.nope"
+        );
+        assert_eq!(
+            err("[stripe]\napi_base = \"api.stripe.com\"\n").key,
+            "stripe.api_base"
+        );
+        assert_eq!(
+            err("[stripe]\nrequest_timeout = \"0s\"\n").key,
+            "stripe.request_timeout"
+        );
+        assert_eq!(
+            err("[stripe]\nclock = \"March 1999\"\n").key,
+            "stripe.clock"
+        );
+        // The demo clock never reaches the real Stripe.
+        assert_eq!(
+            err("[stripe]\nclock = \"1999-03-03T00:00:00Z\"\n").key,
+            "stripe.clock"
+        );
+        assert!(
+            Config::from_toml_str(
+                "[stripe]\nclock = \"1999-03-03T00:00:00Z\"\napi_base = \"http://127.0.0.1:12111\"\nmeter_events_base = \"http://127.0.0.1:12111\"\n"
+            )
+            .is_ok()
         );
     }
 

@@ -20,5 +20,6 @@ pub mod report;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod stripe;
 pub mod telemetry;
 pub mod wallet;

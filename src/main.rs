@@ -123,6 +123,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Run { .. } = &cli.command
+        && let Err(e) = callmeter::stripe::api_key(&config.settings.stripe)
+    {
+        eprintln!("callmeter: {e}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -391,6 +397,18 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
             sig_shutdown.cancel();
         }
     });
+    // Stripe reporting; stopped after the pipeline's final flush, which it then reports.
+    let stripe_stop = CancellationToken::new();
+    let stripe_deadline = config.settings.pipeline.shutdown_timeout;
+    let stripe_task = callmeter::stripe::api_key(&config.settings.stripe)?.map(|key| {
+        rt.spawn(callmeter::stripe::run(
+            config.settings.stripe.clone(),
+            key,
+            ch.clone(),
+            shared.clone(),
+            stripe_stop.clone(),
+        ))
+    });
     let handle = rt.handle().clone();
     let pipeline_shutdown = shutdown.clone();
     let worker = std::thread::Builder::new()
@@ -401,6 +419,17 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
         .join()
         .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
     shutdown.cancel();
+    if let Some(task) = stripe_task {
+        stripe_stop.cancel();
+        if rt
+            .block_on(async move { tokio::time::timeout(stripe_deadline, task).await })
+            .is_err()
+        {
+            tracing::warn!(
+                "last Stripe reporting cycle did not finish in time; its reports stay pending and are sent at the next start"
+            );
+        }
+    }
     res
 }
 

@@ -45,6 +45,7 @@ pub const STRIPE_REJECTED: &str = "callmeter_stripe_events_rejected_total";
 pub const STRIPE_UNREPORTABLE: &str = "callmeter_stripe_unreportable_units_total";
 pub const STRIPE_REPORT_LAG: &str = "callmeter_stripe_report_lag_seconds";
 pub const STRIPE_LAST_SUCCESS: &str = "callmeter_stripe_last_success_timestamp_seconds";
+pub const STRIPE_CARRIED_FORWARD: &str = "callmeter_stripe_carried_forward_units";
 pub const CONFIG_RELOADS: &str = "callmeter_config_reloads_total";
 pub const BUILD_INFO: &str = "callmeter_build_info";
 
@@ -215,6 +216,10 @@ fn describe() {
         STRIPE_LAST_SUCCESS,
         Unit::Seconds,
         "Unix time of the last successful Stripe request."
+    );
+    describe_gauge!(
+        STRIPE_CARRIED_FORWARD,
+        "Units reported to Stripe above the current total (decreases such as refunds, carried forward against later increases), by `meter`."
     );
     describe_counter!(
         CONFIG_RELOADS,

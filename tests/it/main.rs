@@ -5,3 +5,4 @@ mod faults;
 mod malformed;
 mod prometheus;
 mod realdata;
+mod stripe;

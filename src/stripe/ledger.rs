@@ -1,0 +1,251 @@
+//! ClickHouse I/O of Stripe reporting: flushed usage from `usage_rollups FINAL`, and the
+//! ledger of reports in `stripe_reports` (schema and semantics in
+//! `schemas/clickhouse/006_stripe_reports.sql`).
+//!
+//! The ledger is read by grouping per identifier (`argMax(status, version)`), never with
+//! `FINAL` plus a filter on a non-key column, so the answer does not depend on how a
+//! ClickHouse version orders `FINAL` and `PREWHERE`.
+
+use std::collections::HashMap;
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use super::batch::{GroupKey, Report, Status, Usage};
+use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9};
+
+/// Columns `stripe_reports` must have (an older placeholder layout lacks `version`).
+const REQUIRED_COLUMNS: &[&str] = &["identifier", "version", "flushed_at", "error_code"];
+
+/// A ledger failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    ClickHouse(#[from] SinkError),
+    #[error(
+        "table {0} has an older layout (no column `{1}`): it never held reports; drop it and run `callmeter migrate`"
+    )]
+    Layout(String, String),
+}
+
+impl From<clickhouse::error::Error> for LedgerError {
+    fn from(e: clickhouse::error::Error) -> Self {
+        LedgerError::ClickHouse(SinkError::Request(e))
+    }
+}
+
+#[derive(Debug, Row, Serialize, Deserialize)]
+struct ReportRow {
+    tenant_id: String,
+    meter: String,
+    period_start: u32,
+    period_end: u32,
+    identifier: String,
+    stripe_customer_id: String,
+    event_name: String,
+    reported_before: i64,
+    reported_after: i64,
+    value: i64,
+    event_timestamp: u32,
+    status: String,
+    error_code: String,
+    version: u8,
+    flushed_at: u32,
+    written_at: u32,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct UsageRow {
+    tenant_id: String,
+    meter: String,
+    period_start: u32,
+    period_end: u32,
+    total: i128,
+    lead: u32,
+    flushed: u32,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct TotalRow {
+    tenant_id: String,
+    meter: String,
+    period_start: u32,
+    reported: i64,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct PendingRow {
+    tenant_id: String,
+    meter: String,
+    period_start: u32,
+    period_end: u32,
+    identifier: String,
+    stripe_customer_id: String,
+    event_name: String,
+    reported_before: i64,
+    reported_after: i64,
+    event_timestamp: u32,
+    flushed_at: u32,
+}
+
+fn dt(secs: i64) -> u32 {
+    secs.clamp(0, u32::MAX as i64) as u32
+}
+
+/// Fails with [`LedgerError::Layout`] if `stripe_reports` predates this layout.
+pub async fn check_layout(ch: &ClickHouse) -> Result<(), LedgerError> {
+    let cols: Vec<String> = ch
+        .client()
+        .query("SELECT name FROM system.columns WHERE database = ? AND table = 'stripe_reports'")
+        .bind(ch.database())
+        .fetch_all()
+        .await?;
+    for c in REQUIRED_COLUMNS {
+        if !cols.iter().any(|x| x == c) {
+            return Err(LedgerError::Layout(
+                ch.table("stripe_reports"),
+                c.to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Flushed usage per (tenant, meter, period) of `meters`: all groups, or (with `since`)
+/// those with a rollup row flushed at or after that Unix second.
+pub async fn usage(
+    ch: &ClickHouse,
+    meters: &[String],
+    since: Option<i64>,
+) -> Result<Vec<Usage>, LedgerError> {
+    let rollups = ch.table("usage_rollups");
+    let recent = if since.is_some() {
+        format!(
+            " AND (tenant_id, meter, period_start) IN (SELECT tenant_id, meter, period_start \
+             FROM {rollups} WHERE updated_at >= toDateTime(?, 'UTC'))"
+        )
+    } else {
+        String::new()
+    };
+    let mut q = ch
+        .client()
+        .query(&format!(
+            "SELECT tenant_id, meter, toUInt32(period_start) AS ps, toUInt32(any(period_end)), \
+             sum(value), min(source_partition), toUInt32(max(updated_at)) \
+             FROM {rollups} FINAL WHERE has(?, meter){recent} \
+             GROUP BY tenant_id, meter, period_start"
+        ))
+        .bind(meters);
+    if let Some(s) = since {
+        q = q.bind(dt(s));
+    }
+    let rows: Vec<UsageRow> = q.fetch_all().await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Usage {
+                key: GroupKey {
+                    tenant: r.tenant_id,
+                    meter: r.meter,
+                    period_start: r.period_start as i64,
+                },
+                period_end: r.period_end as i64,
+                total: from_dec9(r.total)?,
+                lead_partition: r.lead,
+                flushed_at: r.flushed as i64,
+            })
+        })
+        .collect()
+}
+
+/// Units reported per group: the sum of `value` over its distinct identifiers, whatever
+/// their status (pending ones will be delivered; rejected and unreportable ones are not
+/// retried).
+pub async fn reported(ch: &ClickHouse) -> Result<HashMap<GroupKey, i64>, LedgerError> {
+    let t = ch.table("stripe_reports");
+    let rows: Vec<TotalRow> = ch
+        .client()
+        .query(&format!(
+            "SELECT tenant_id, meter, toUInt32(period_start), toInt64(sum(v)) FROM \
+             (SELECT tenant_id, meter, period_start, identifier, any(value) AS v FROM {t} \
+              GROUP BY tenant_id, meter, period_start, identifier) \
+             GROUP BY tenant_id, meter, period_start"
+        ))
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                GroupKey {
+                    tenant: r.tenant_id,
+                    meter: r.meter,
+                    period_start: r.period_start as i64,
+                },
+                r.reported,
+            )
+        })
+        .collect())
+}
+
+/// Reports written as pending and not known to be delivered.
+pub async fn pending(ch: &ClickHouse) -> Result<Vec<Report>, LedgerError> {
+    let t = ch.table("stripe_reports");
+    let rows: Vec<PendingRow> = ch
+        .client()
+        .query(&format!(
+            "SELECT tenant_id, meter, toUInt32(period_start), toUInt32(any(period_end)), \
+             identifier, any(stripe_customer_id), any(event_name), any(reported_before), \
+             any(reported_after), toUInt32(any(event_timestamp)), toUInt32(any(flushed_at)) \
+             FROM {t} GROUP BY tenant_id, meter, period_start, identifier \
+             HAVING argMax(status, version) = 'pending'"
+        ))
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Report {
+            key: GroupKey {
+                tenant: r.tenant_id,
+                meter: r.meter,
+                period_start: r.period_start as i64,
+            },
+            period_end: r.period_end as i64,
+            customer: r.stripe_customer_id,
+            event_name: r.event_name,
+            before: r.reported_before,
+            after: r.reported_after,
+            timestamp: r.event_timestamp as i64,
+            identifier: r.identifier,
+            flushed_at: r.flushed_at as i64,
+        })
+        .collect())
+}
+
+/// Writes ledger rows (one insert). `error_code` is empty unless rejected.
+pub async fn record(ch: &ClickHouse, rows: &[(&Report, Status, &str)]) -> Result<(), LedgerError> {
+    let now = dt(chrono::Utc::now().timestamp());
+    let mut ins = ch.client().insert::<ReportRow>("stripe_reports").await?;
+    for &(r, status, code) in rows {
+        ins.write(&ReportRow {
+            tenant_id: r.key.tenant.clone(),
+            meter: r.key.meter.clone(),
+            period_start: dt(r.key.period_start),
+            period_end: dt(r.period_end),
+            identifier: r.identifier.clone(),
+            stripe_customer_id: r.customer.clone(),
+            event_name: r.event_name.clone(),
+            reported_before: r.before,
+            reported_after: r.after,
+            value: r.value(),
+            event_timestamp: dt(r.timestamp),
+            status: status.as_str().to_string(),
+            error_code: code.to_string(),
+            version: status.version(),
+            flushed_at: dt(r.flushed_at),
+            written_at: now,
+        })
+        .await?;
+    }
+    ins.end().await?;
+    Ok(())
+}
