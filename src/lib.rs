@@ -19,4 +19,5 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+pub mod usage;
 pub mod wallet;

@@ -259,26 +259,30 @@ impl Tenant {
 }
 
 /// One line of a period's charges.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ChargeLine {
     /// `base_fee`, `overage`, `usage`, `tiered`, `revenue_share`, `addon`.
+    #[schema(value_type = String, example = "base_fee")]
     pub kind: &'static str,
     /// The meter priced, if any (`revenue` for `revenue_share`; the add-on's meter, if any).
+    #[schema(example = json!(null))]
     pub meter: Option<String>,
-    /// The add-on priced (kind `addon`), or the plan of a prorated base fee.
+    /// The add-on priced (kind `addon`), or the plan of a prorated base fee; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
     /// In the plan's currency, rounded half-up to 2 decimals; serialized as `"12.50"`.
     #[serde(with = "crate::pricing::money_str")]
+    #[schema(value_type = String, example = "79.00")]
     pub amount: Decimal,
 }
 
 /// A period's charges.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Charges {
     pub lines: Vec<ChargeLine>,
-    /// The sum of the lines.
+    /// The sum of the lines, 2 decimals.
     #[serde(with = "crate::pricing::money_str")]
+    #[schema(value_type = String, example = "79.00")]
     pub total: Decimal,
 }
 
@@ -521,13 +525,15 @@ pub fn plan_segments(t: &Tenant, period: Period, now: DateTime<Utc>) -> Vec<(Arc
 
 /// The entitlement answer of CONTRACT section 6:
 /// `{"allowed": bool, "reason": string|null, "remaining": "<decimal>"|null}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Entitlement {
     pub allowed: bool,
     /// `hard_limit_reached` or `wallet_empty` when not allowed, else null.
+    #[schema(example = json!(null))]
     pub reason: Option<String>,
     /// The limit left in meter units (never negative), null without a finite limit.
     #[serde(serialize_with = "opt_dec_str")]
+    #[schema(value_type = Option<String>, example = "223.5")]
     pub remaining: Option<Decimal>,
 }
 

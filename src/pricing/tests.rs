@@ -281,7 +281,8 @@ plan = "mastery"
 #[test]
 fn seed_004_tiers() {
     let cat = catalog(SEED_004);
-    let table: &[(&str, &[(&str, &str)], &[&str], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let table: &[Case] = &[
         // Lifestyle: 120 min, then $0.10/min, at most $20.
         (
             "life",
@@ -355,7 +356,7 @@ fn one_time_allowance_is_not_renewed() {
     let e = entitlement(&t.plan, t.limit(&t.plan, ai, true), ai, d("10"), None);
     assert_eq!((e.allowed, e.remaining), (true, Some(d("5"))));
     let e = entitlement(&t.plan, t.limit(&t.plan, ai, true), ai, d("15"), None);
-    assert_eq!(e.allowed, false);
+    assert!(!e.allowed);
     assert_eq!(e.reason.as_deref(), Some(HARD_LIMIT_REACHED));
     // Any later period: the allowance is gone, even with nothing used.
     let e = entitlement(&t.plan, t.limit(&t.plan, ai, false), ai, d("0"), None);
@@ -939,13 +940,16 @@ prepaid = false
 // ---------------------------------------------------------------------------------------
 // Properties.
 
+/// Volume mode and (bound step, unit price cents, flat fee) per tier.
+type TierSpec = (bool, Vec<(u32, u32, u32)>);
+
 /// A random plan: every pricing feature, all prices non-negative.
 fn plan_toml(
     base: u32,
     included: Option<u32>,
     over: Option<(u32, Option<u32>)>,
     rate: Option<u32>,
-    tiers: Option<(bool, Vec<(u32, u32, u32)>)>,
+    tiers: Option<TierSpec>,
     share: Option<u32>,
     addon: Option<(u32, u32)>,
 ) -> String {
