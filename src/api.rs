@@ -239,6 +239,10 @@ pub struct UsageBody {
     /// Present when the plan has a wallet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wallet: Option<WalletBody>,
+    /// Where the usage came from (the `x-callmeter-usage-source` header: `memory` or
+    /// `clickhouse`), not part of the body.
+    #[serde(skip)]
+    pub from_memory: bool,
 }
 
 /// A tenant's wallet (seed 001).
@@ -454,8 +458,12 @@ pub async fn usage_body(
         meters,
         charges,
         wallet,
+        from_memory: pu.from_memory,
     })
 }
+
+/// Response header naming where usage came from: `memory` or `clickhouse`.
+pub const USAGE_SOURCE_HEADER: &str = "x-callmeter-usage-source";
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -486,7 +494,8 @@ fn parse_at(q: &AtQuery) -> Result<DateTime<Utc>, Box<Response>> {
     path = "/v1/tenants/{tenant}/usage",
     params(("tenant" = String, Path, description = "Tenant id (the events' `subject`)"), AtQuery),
     responses(
-        (status = 200, description = "Usage of the period", body = UsageBody),
+        (status = 200, description = "Usage of the period", body = UsageBody,
+            headers(("x-callmeter-usage-source" = String, description = "`memory` or `clickhouse`: where the usage was read"))),
         (status = 400, description = "`at` is not RFC 3339", body = ErrorBody),
         (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
         (status = 404, description = "Unknown tenant", body = ErrorBody),
@@ -518,7 +527,14 @@ async fn usage(
         }
     };
     match usage_body(&s, &t, at).await {
-        Ok(b) => Json(b).into_response(),
+        Ok(b) => {
+            let source = if b.from_memory {
+                "memory"
+            } else {
+                "clickhouse"
+            };
+            ([(USAGE_SOURCE_HEADER, source)], Json(b)).into_response()
+        }
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("usage unavailable: {e}"),

@@ -29,7 +29,8 @@
 //! this instance holds in memory (newer than what was flushed), and recomputes balances
 //! every `pricing.wallet_refresh_interval` and on demand for entitlement checks.
 //!
-//! Alerts: in the current usage period, `wallet_low` fires once when the balance is below the
+//! Alerts (evaluated once this instance's partitions are restored): in the current usage
+//! period, `wallet_low` fires once when the balance is below the
 //! plan's `wallet.low_balance` (or the tenant's `wallet_low_balance`), then `wallet_empty`
 //! once when it is zero or below. Like the other alerts they carry the deterministic
 //! [`alert_id`](crate::alerts::alert_id) of (tenant, `wallet_credit`, period start, kind), are
@@ -565,7 +566,9 @@ impl Wallets {
                 metrics::gauge!(t::WALLET_BALANCE, "tenant" => id.clone())
                     .set(state.balance.try_into().unwrap_or(0.0));
             }
-            let has = tenant.plan_for_period(state.period, now).wallet.is_some();
+            // Alerts only from a consistent view: this instance's partitions restored.
+            let has =
+                tenant.plan_for_period(state.period, now).wallet.is_some() && self.shared.ready();
             let due = due_alerts(&state, has, &self.fired(&id, state.period.start));
             self.states.insert(id.clone(), state.clone());
             for kind in due {

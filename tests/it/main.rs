@@ -2,4 +2,5 @@
 
 mod common;
 mod malformed;
+mod pricing;
 mod realdata;
