@@ -439,7 +439,7 @@ pub async fn usage_body(
         now,
     });
     let wallet = match (&s.wallets, &plan.wallet) {
-        (Some(w), Some(policy)) => w.balance(&tenant.id).map(|b| WalletBody {
+        (Some(w), Some(policy)) => w.balance_now(tenant).map(|b| WalletBody {
             balance: pricing::money_str::format(b),
             currency: plan.currency.clone(),
             prepaid: policy.prepaid,

@@ -1429,7 +1429,7 @@ pub fn describe(c: &Config) -> String {
     let _ = writeln!(out, "\ntenants:");
     let _ = writeln!(
         out,
-        "  {:<24} {:<20} {:<20} {:>6} {:<8} addons",
+        "  {:<24} {:<30} {:<20} {:>6} {:<8} addons",
         "id", "plan", "timezone", "anchor", "cycle"
     );
     for (id, t) in &cat.tenants {
@@ -1445,13 +1445,17 @@ pub fn describe(c: &Config) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {:<24} {:<20} {:<20} {:>6} {:<8} {}{}",
+            "  {:<24} {:<30} {:<20} {:>6} {:<8} {}{}",
             id,
             plan,
             t.tz.name(),
             t.anchor_day,
             format!("{:?}", t.billing_cycle).to_lowercase(),
-            addons.join(","),
+            if addons.is_empty() {
+                "-".to_string()
+            } else {
+                addons.join(",")
+            },
             changes
         );
     }

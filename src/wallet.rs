@@ -27,12 +27,12 @@
 //! start and after every configuration reload, then incrementally by `updated_at`, keeping
 //! the row with the highest `through_offset` like `ReplacingMergeTree`), overlays the rows
 //! this instance holds in memory (newer than what was flushed), and recomputes balances
-//! every `pricing.wallet_refresh_interval` and on demand for entitlement checks.
+//! every `pricing.wallet_refresh_interval` and on demand for API requests. Until the first
+//! refresh a balance is unknown and the entitlement does not refuse.
 //!
 //! Alerts (evaluated once this instance's partitions are restored): in the current usage
-//! period, `wallet_low` fires once when the balance is below the
-//! plan's `wallet.low_balance` (or the tenant's `wallet_low_balance`), then `wallet_empty`
-//! once when it is zero or below. Like the other alerts they carry the deterministic
+//! period, `wallet_low` fires once when the balance is below the plan's `wallet.low_balance`
+//! (or the tenant's `wallet_low_balance`), then `wallet_empty` once when it is zero or below. Like the other alerts they carry the deterministic
 //! [`alert_id`](crate::alerts::alert_id) of (tenant, `wallet_credit`, period start, kind), are
 //! produced to the alerts topic (key: tenant id) and then stored in `usage_alerts`; an alert
 //! already in `usage_alerts` is not sent again (a crash between the two steps, or two
@@ -415,6 +415,9 @@ impl Wallets {
             .default_plan
             .as_ref()
             .is_some_and(|p| p.wallet.is_some());
+        if !default_has_wallet && wallet_tenants.is_empty() {
+            return Ok(vec![]);
+        }
         let mut conds = Vec::new();
         if !full {
             conds.push("toUInt32(updated_at) >= ?");
@@ -456,13 +459,13 @@ impl Wallets {
             *m = Mirror::default();
         }
         for (tenant, meter, ps, pe, part, value, through, updated) in rows {
+            m.max_updated = m.max_updated.max(updated);
             if !has_wallet(cat, &tenant) {
                 continue;
             }
             let Some(mid) = cat.meter_id(&meter) else {
                 continue;
             };
-            m.max_updated = m.max_updated.max(updated);
             m.merge(
                 tenant,
                 (ps as i64, mid, part as i32),
