@@ -193,4 +193,48 @@ mod tests {
         assert!(memory_usage(&shared, &c.catalog, "t", start - 86400 * 31).is_none());
         assert!(memory_usage(&shared, &c.catalog, "nobody", start).is_none());
     }
+
+    /// A reloaded catalog reaches the aggregation through `Processor::refresh_catalog`
+    /// (which the consuming loop must call): alert limits then follow the new plan.
+    #[test]
+    fn refreshed_processor_alerts_on_reloaded_limits() {
+        let text = "[plans.p]\ncurrency = \"USD\"\n[plans.p.meters.call_minutes]\nincluded = \"100\"\n[tenants.t]\nplan = \"p\"\n";
+        let c = Config::from_toml_str(text).unwrap();
+        let shared = Shared::new(c.catalog.clone());
+        let mut p = Processor::new(shared.clone(), Params::from_settings(&c.settings));
+        p.assign(0);
+        p.install(Restored {
+            partition: 0,
+            ..Default::default()
+        });
+        let now = chrono::Utc::now();
+        let ev = |id: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"s","type":"call.completed","subject":"t","time":"{}","data":{{"call_id":"{id}","duration_ms":600000,"direction":"inbound"}}}}"#,
+                (now - chrono::Duration::seconds(5)).to_rfc3339()
+            )
+        };
+        let feed = |p: &mut Processor, offset: i64, id: &str| {
+            let e = ev(id);
+            p.process(
+                &InMessage {
+                    partition: 0,
+                    offset,
+                    payload: Some(e.as_bytes()),
+                    timestamp_ms: Some(now.timestamp_millis()),
+                },
+                now,
+            );
+            p.take_new_alerts()
+                .into_iter()
+                .map(|a| a.kind)
+                .collect::<Vec<_>>()
+        };
+        // 10 of 100 minutes: nothing. Reload to 20 included: the next 10 minutes reach 100%.
+        assert!(feed(&mut p, 0, "a").is_empty());
+        let next = Config::from_toml_str(&text.replace("\"100\"", "\"20\"")).unwrap();
+        shared.catalog.store(next.catalog);
+        p.refresh_catalog();
+        assert_eq!(feed(&mut p, 1, "b"), ["80%", "100%"]);
+    }
 }
