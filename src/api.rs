@@ -1,8 +1,24 @@
 //! HTTP API (CONTRACT section 6): health, readiness, Prometheus metrics, and per-tenant usage
-//! and entitlements behind bearer tokens.
+//! and entitlements behind bearer tokens. The OpenAPI document of these routes is
+//! [`ApiDoc`], kept in `schemas/openapi.json` (a test checks that the file matches the code).
 //!
-//! Usage comes from memory when this instance owns the tenant's partition and holds the
-//! period, otherwise from ClickHouse (`usage_rollups FINAL`).
+//! Usage comes from memory when this instance holds the tenant's rows for the period, else
+//! from ClickHouse (`usage_rollups FINAL`; see [`crate::usage`]), so a past period (`?at=`)
+//! is answered after a restart too. Plans and tenants are read from the catalog in
+//! [`Shared`], so a reloaded configuration is served at once.
+//!
+//! Decisions where CONTRACT section 6 is silent:
+//! - A tenant exists when it is configured, or (with a `pricing.default_plan`) when it has
+//!   sent events (held here or stored in ClickHouse); otherwise 404. Unknown meter: 404.
+//!   Bad `at`: 400. ClickHouse needed but unreachable: 503.
+//! - `meters` lists the meters the period's plan prices (its meters, the meters of its
+//!   add-ons, `revenue` under a revenue share, `wallet_credit` with a wallet), in that order.
+//! - `usage` is a decimal string as stored (half-up to 6 places); `limit` and `remaining` are
+//!   null without a finite limit; `ratio` (usage / limit, half-up to 6 places) is null too
+//!   when the limit is 0. `alerts` lists the kinds fired in the period, in firing order.
+//! - With a wallet on the plan, the answer adds `"wallet": {"balance", "currency",
+//!   "prepaid"}` (the current balance, whatever the period asked).
+//! - The entitlement is for the current period.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,13 +31,15 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
-use crate::meter::{MeterId, round_half_up};
+use crate::meter::{MeterId, REVENUE, WALLET_CREDIT, round_half_up};
 use crate::period::Period;
-use crate::pricing::{self, ChargeInput, Charges, MeterUsage, Tenant};
+use crate::pricing::{self, ChargeInput, Charges, MeterUsage, Plan, Tenant};
 use crate::sink::clickhouse::ClickHouse;
 use crate::state::Shared;
 use crate::telemetry::Telemetry;
+use crate::usage;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -29,14 +47,16 @@ pub struct ApiState {
     pub shared: Arc<Shared>,
     pub telemetry: Telemetry,
     pub ch: ClickHouse,
+    /// Bearer tokens for `/v1/*` (swapped on configuration reload).
     pub tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
+    /// Wallet balances, when the wallet service runs.
     pub wallets: Option<Arc<crate::wallet::Wallets>>,
 }
 
 /// The router of CONTRACT section 6.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/tenants/{tenant}/usage", get(usage))
@@ -47,6 +67,70 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The OpenAPI document of the HTTP API (`schemas/openapi.json`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "callmeter",
+        description = "Live usage, charges and entitlements of a callmeter instance (CONTRACT section 6). Decimals are JSON strings; money has 2 decimals."
+    ),
+    paths(healthz, readyz, metrics, usage, entitlement),
+    components(schemas(
+        UsageBody,
+        PeriodBody,
+        MeterUsageBody,
+        WalletBody,
+        Charges,
+        pricing::ChargeLine,
+        pricing::Entitlement,
+        ErrorBody
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("One of `[api] tokens` (or CALLMETER_API__TOKENS)."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON, with a final newline.
+pub fn openapi_json() -> String {
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    s.push('\n');
+    s
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process runs", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: assigned partitions restored and consuming.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready", body = String),
+        (status = 503, description = "Partitions not restored yet (or none assigned)", body = String)
+    )
+)]
 async fn readyz(State(s): State<ApiState>) -> Response {
     if s.shared.ready() {
         (StatusCode::OK, "ready\n").into_response()
@@ -55,6 +139,8 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     }
 }
 
+/// Prometheus metrics, names prefixed `callmeter_`.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(s): State<ApiState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -63,9 +149,11 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: String,
+/// An error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -96,41 +184,77 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Usage of one meter in the answer.
-#[derive(Debug, Serialize, PartialEq)]
+/// Usage of one meter in the period.
+#[derive(Debug, Serialize, PartialEq, ToSchema)]
 pub struct MeterUsageBody {
+    /// Meter name.
+    #[schema(example = "call_minutes")]
     pub meter: String,
+    /// Meter value (decimal string, at most 6 fraction digits).
+    #[schema(example = "96.5")]
     pub usage: String,
+    /// The tenant's limit (included + add-ons; + one-time allowance in its first period);
+    /// null for unlimited and rate-only meters.
+    #[schema(example = "320")]
     pub limit: Option<String>,
+    /// `limit - usage`, never negative; null without a limit.
+    #[schema(example = "223.5")]
     pub remaining: Option<String>,
+    /// `usage / limit` half-up to 6 places; null without a positive limit.
+    #[schema(example = "0.301563")]
     pub ratio: Option<String>,
+    /// Alert kinds fired in the period (`80%`, `100%`, `overage`, `overage_cap`,
+    /// `wallet_low`, `wallet_empty`), in firing order.
     pub alerts: Vec<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+/// A usage period in the tenant's time zone.
+#[derive(Debug, Serialize, PartialEq, ToSchema)]
 pub struct PeriodBody {
+    /// RFC 3339 with the tenant's offset at that instant.
+    #[schema(example = "2026-11-15T00:00:00+01:00")]
     pub start: String,
+    /// Exclusive end, RFC 3339 with the tenant's offset at that instant.
+    #[schema(example = "2026-12-15T00:00:00+01:00")]
     pub end: String,
+    /// IANA time zone name.
+    #[schema(example = "Europe/Paris")]
     pub timezone: String,
 }
 
 /// The usage answer of CONTRACT section 6.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, ToSchema)]
 pub struct UsageBody {
+    #[schema(example = "acme")]
     pub tenant_id: String,
+    /// The plan governing the period (after plan changes known at the time of the request).
+    #[schema(example = "starter")]
     pub plan: String,
+    /// ISO 4217 code of every amount.
+    #[schema(example = "USD")]
     pub currency: String,
     pub period: PeriodBody,
     pub meters: Vec<MeterUsageBody>,
     pub charges: Charges,
+    /// Present when the plan has a wallet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wallet: Option<WalletBody>,
+    /// Where the usage came from (the `x-callmeter-usage-source` header: `memory` or
+    /// `clickhouse`), not part of the body.
+    #[serde(skip)]
+    pub from_memory: bool,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+/// A tenant's wallet (seed 001).
+#[derive(Debug, Serialize, PartialEq, ToSchema)]
 pub struct WalletBody {
+    /// Current balance: top-ups + monthly grants - usage charges, 2 decimals.
+    #[schema(example = "41.50")]
     pub balance: String,
+    #[schema(example = "USD")]
     pub currency: String,
+    /// Whether usage is refused once the balance is zero or below.
+    pub prepaid: bool,
 }
 
 fn dec_str(d: Decimal) -> String {
@@ -142,58 +266,39 @@ fn local(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
-/// Resolves a tenant: configured, or seen on the default plan.
-fn tenant_of(s: &ApiState, id: &str) -> Option<Arc<Tenant>> {
+/// Resolves a tenant: configured, or on the default plan and seen (here or in ClickHouse).
+async fn tenant_of(s: &ApiState, id: &str) -> Result<Option<Arc<Tenant>>, String> {
     let cat = s.shared.catalog.load();
     if let Some(t) = cat.tenants.get(id) {
-        return Some(t.clone());
+        return Ok(Some(t.clone()));
+    }
+    if cat.default_plan.is_none() || !crate::event::valid_subject(id) {
+        return Ok(None);
     }
     if s.shared.tenants.get(id).is_some() {
-        return cat.tenant(id);
+        return Ok(cat.tenant(id));
     }
-    None
+    match usage::stored_first_period(&s.ch, id).await {
+        Ok(Some(_)) => Ok(cat.tenant(id)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
-/// Usage (meter value), event count and fired alert kinds of every meter in a period.
-async fn period_usage(
-    s: &ApiState,
-    tenant: &Tenant,
-    period: Period,
-) -> Result<Vec<(MeterId, Decimal, Vec<String>)>, String> {
-    let cat = s.shared.catalog.load();
-    let tidx = s.shared.tenants.get(&tenant.id);
-    let in_memory = tidx.is_some_and(|t| s.shared.tenant_partitions.contains_key(&t));
-    let mut out = Vec::new();
-    let mut stored_alerts: Option<HashMap<String, Vec<String>>> = None;
-    for (i, def) in cat.meters.iter().enumerate() {
-        let mid = MeterId(i as u16);
-        let mem = tidx.and_then(|t| s.shared.tenant_raw(t, mid, period.start));
-        let usage = match (mem, in_memory) {
-            (Some((raw, _)), _) => def.value(raw),
-            (None, true) if s.shared.ready() => Decimal::ZERO,
-            _ => {
-                s.ch.usage(&tenant.id, &def.name, period.start)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .0
-            }
-        };
-        let alerts = match tidx.and_then(|t| s.shared.alerts.get(&(t, mid, period.start))) {
-            Some(a) => a.iter().map(|k| k.to_string()).collect(),
-            None if in_memory => vec![],
-            None => {
-                if stored_alerts.is_none() {
-                    stored_alerts = Some(stored_alert_kinds(s, &tenant.id, period).await?);
-                }
-                stored_alerts
-                    .as_ref()
-                    .and_then(|m| m.get(&*def.name).cloned())
-                    .unwrap_or_default()
-            }
-        };
-        out.push((mid, usage, alerts));
+/// Sort key of alert kinds: thresholds by percentage, then overage, cap, wallet kinds.
+fn alert_rank(k: &str) -> (u32, Decimal) {
+    match k {
+        crate::alerts::OVERAGE => (1, Decimal::ZERO),
+        crate::alerts::OVERAGE_CAP => (2, Decimal::ZERO),
+        crate::alerts::WALLET_LOW => (3, Decimal::ZERO),
+        crate::alerts::WALLET_EMPTY => (4, Decimal::ZERO),
+        _ => (
+            0,
+            k.trim_end_matches('%')
+                .parse::<Decimal>()
+                .unwrap_or(Decimal::MAX),
+        ),
     }
-    Ok(out)
 }
 
 async fn stored_alert_kinds(
@@ -205,7 +310,7 @@ async fn stored_alert_kinds(
         .ch
         .client()
         .query(&format!(
-            "SELECT meter, kind FROM {} FINAL WHERE tenant_id = ? AND toUInt32(period_start) = ? ORDER BY fired_at, kind",
+            "SELECT meter, kind FROM {} FINAL WHERE tenant_id = ? AND toUInt32(period_start) = ? ORDER BY fired_at",
             s.ch.table("usage_alerts")
         ))
         .bind(tenant)
@@ -215,13 +320,156 @@ async fn stored_alert_kinds(
         .map_err(|e| e.to_string())?;
     let mut m: HashMap<String, Vec<String>> = HashMap::new();
     for (meter, kind) in rows {
-        m.entry(meter).or_default().push(kind);
+        let v = m.entry(meter).or_default();
+        if !v.contains(&kind) {
+            v.push(kind);
+        }
     }
     Ok(m)
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// The meters a plan prices, in answer order.
+fn priced_meters(plan: &Plan) -> Vec<MeterId> {
+    let mut out: Vec<MeterId> = plan.meters.keys().copied().collect();
+    for a in plan.addons.values() {
+        if let Some(m) = a.meter
+            && !out.contains(&m)
+        {
+            out.push(m);
+        }
+    }
+    if plan.revenue_share.is_some() && !out.contains(&REVENUE) {
+        out.push(REVENUE);
+    }
+    if plan.wallet.is_some() && !out.contains(&WALLET_CREDIT) {
+        out.push(WALLET_CREDIT);
+    }
+    out
+}
+
+/// Whether `period` is the tenant's first usage period (one-time allowances): no usage
+/// before it.
+async fn is_first_period(s: &ApiState, tenant: &Tenant, period: Period) -> Result<bool, String> {
+    let first = usage::first_period(&s.shared, &s.ch, &tenant.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(first.is_none_or(|f| f >= period.start))
+}
+
+/// Builds the usage answer for `tenant` for the period containing `at`.
+///
+/// Errors: ClickHouse is needed (the period is not in memory) and cannot be read.
+pub async fn usage_body(
+    s: &ApiState,
+    tenant: &Tenant,
+    at: DateTime<Utc>,
+) -> Result<UsageBody, String> {
+    let cat = s.shared.catalog.load_full();
+    let period = tenant.period_at(at);
+    let now = Utc::now().max(at);
+    let plan = tenant.plan_for_period(period, now).clone();
+    let first = is_first_period(s, tenant, period).await?;
+    let pu = usage::period_usage(&s.shared, &s.ch, &cat, &tenant.id, period.start)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tidx = s.shared.tenants.get(&tenant.id);
+    let mut stored_alerts: Option<HashMap<String, Vec<String>>> = None;
+    let mut meters = Vec::new();
+    for mid in priced_meters(&plan) {
+        let def = cat.meter(mid);
+        let used = pu.get(mid);
+        let limit = tenant.limit(&plan, mid, first);
+        let (remaining, ratio) = match limit {
+            Some(l) if l > Decimal::ZERO => (
+                Some(dec_str((l - used).max(Decimal::ZERO))),
+                Some(dec_str(round_half_up(used / l, 6))),
+            ),
+            Some(l) => (Some(dec_str((l - used).max(Decimal::ZERO))), None),
+            None => (None, None),
+        };
+        let mut alerts: Vec<String> = match tidx
+            .filter(|_| pu.from_memory)
+            .and_then(|t| s.shared.alerts.get(&(t, mid, period.start)))
+        {
+            Some(a) => a.iter().map(|k| k.to_string()).collect(),
+            None if pu.from_memory => vec![],
+            None => {
+                if stored_alerts.is_none() {
+                    stored_alerts = Some(stored_alert_kinds(s, &tenant.id, period).await?);
+                }
+                stored_alerts
+                    .as_ref()
+                    .and_then(|m| m.get(&*def.name).cloned())
+                    .unwrap_or_default()
+            }
+        };
+        if mid == WALLET_CREDIT
+            && let Some(w) = &s.wallets
+        {
+            for k in w.fired(&tenant.id, period.start) {
+                if !alerts.contains(&k) {
+                    alerts.push(k);
+                }
+            }
+        }
+        alerts.sort_by_key(|k| alert_rank(k));
+        meters.push(MeterUsageBody {
+            meter: def.name.to_string(),
+            usage: dec_str(used),
+            limit: limit.map(dec_str),
+            remaining,
+            ratio,
+            alerts,
+        });
+    }
+    let mu: Vec<MeterUsage> = pu
+        .values
+        .iter()
+        .map(|(m, v)| MeterUsage {
+            meter: *m,
+            name: cat.meter(*m).name.to_string(),
+            usage: *v,
+        })
+        .collect();
+    let charges = pricing::charges(&ChargeInput {
+        tenant,
+        period,
+        usage: &mu,
+        first_period: first,
+        now,
+    });
+    let wallet = match (&s.wallets, &plan.wallet) {
+        (Some(w), Some(policy)) => w.balance_now(tenant).map(|b| WalletBody {
+            balance: pricing::money_str::format(b),
+            currency: plan.currency.clone(),
+            prepaid: policy.prepaid,
+        }),
+        _ => None,
+    };
+    Ok(UsageBody {
+        tenant_id: tenant.id.to_string(),
+        plan: plan.id.clone(),
+        currency: plan.currency.clone(),
+        period: PeriodBody {
+            start: local(period.start_utc(), tenant.tz),
+            end: local(period.end_utc(), tenant.tz),
+            timezone: tenant.tz.name().to_string(),
+        },
+        meters,
+        charges,
+        wallet,
+        from_memory: pu.from_memory,
+    })
+}
+
+/// Response header naming where usage came from: `memory` or `clickhouse`.
+pub const USAGE_SOURCE_HEADER: &str = "x-callmeter-usage-source";
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AtQuery {
+    /// An instant (RFC 3339 with offset) in the period to answer for; default: now.
+    #[param(example = "2026-10-20T12:00:00+02:00")]
     at: Option<String>,
 }
 
@@ -239,88 +487,22 @@ fn parse_at(q: &AtQuery) -> Result<DateTime<Utc>, Box<Response>> {
     }
 }
 
-/// Builds the usage answer for `tenant` at `at`.
-pub async fn usage_body(
-    s: &ApiState,
-    tenant: &Tenant,
-    at: DateTime<Utc>,
-) -> Result<UsageBody, String> {
-    let cat = s.shared.catalog.load();
-    let period = tenant.period_at(at);
-    let now = Utc::now();
-    let plan = tenant.plan_for_period(period, now.max(at)).clone();
-    let first = s
-        .shared
-        .first_periods
-        .get(&tenant.id.to_string())
-        .is_none_or(|f| *f >= period.start);
-    let usages = period_usage(s, tenant, period).await?;
-    let mut meters = Vec::new();
-    let mut mu = Vec::new();
-    // Plan meters first (in plan order), then the others.
-    let mut order: Vec<&(MeterId, Decimal, Vec<String>)> = usages
-        .iter()
-        .filter(|(m, _, _)| plan.meters.contains_key(m))
-        .collect();
-    order.extend(
-        usages
-            .iter()
-            .filter(|(m, _, _)| !plan.meters.contains_key(m)),
-    );
-    for (mid, usage, alerts) in order {
-        let def = cat.meter(*mid);
-        let limit = tenant.limit(&plan, *mid, first);
-        let (remaining, ratio) = match limit {
-            Some(l) if l > Decimal::ZERO => (
-                Some(dec_str((l - usage).max(Decimal::ZERO))),
-                Some(dec_str(round_half_up(*usage / l, 6))),
-            ),
-            Some(l) => (Some(dec_str((l - usage).max(Decimal::ZERO))), None),
-            None => (None, None),
-        };
-        meters.push(MeterUsageBody {
-            meter: def.name.to_string(),
-            usage: dec_str(*usage),
-            limit: limit.map(dec_str),
-            remaining,
-            ratio,
-            alerts: alerts.clone(),
-        });
-        mu.push(MeterUsage {
-            meter: *mid,
-            name: def.name.to_string(),
-            usage: *usage,
-        });
-    }
-    let charges = pricing::charges(&ChargeInput {
-        tenant,
-        period,
-        usage: &mu,
-        first_period: first,
-        now: now.max(at),
-    });
-    let wallet = match (&s.wallets, &plan.wallet) {
-        (Some(w), Some(_)) => w.balance(&tenant.id).map(|b| WalletBody {
-            balance: pricing::money_str::format(b),
-            currency: plan.currency.clone(),
-        }),
-        _ => None,
-    };
-    Ok(UsageBody {
-        tenant_id: tenant.id.to_string(),
-        plan: plan.id.clone(),
-        currency: plan.currency.clone(),
-        period: PeriodBody {
-            start: local(period.start_utc(), tenant.tz),
-            end: local(period.end_utc(), tenant.tz),
-            timezone: tenant.tz.name().to_string(),
-        },
-        meters,
-        charges,
-        wallet,
-    })
-}
-
+/// A tenant's usage, limits, alerts and charges for its current usage period, or for the
+/// period containing `at`.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/usage",
+    params(("tenant" = String, Path, description = "Tenant id (the events' `subject`)"), AtQuery),
+    responses(
+        (status = 200, description = "Usage of the period", body = UsageBody,
+            headers(("x-callmeter-usage-source" = String, description = "`memory` or `clickhouse`: where the usage was read"))),
+        (status = 400, description = "`at` is not RFC 3339", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
+        (status = 404, description = "Unknown tenant", body = ErrorBody),
+        (status = 503, description = "ClickHouse needed and unreachable", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn usage(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -334,11 +516,25 @@ async fn usage(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    let Some(t) = tenant_of(&s, &tenant) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`"));
+    let t = match tenant_of(&s, &tenant).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`")),
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("tenant lookup unavailable: {e}"),
+            );
+        }
     };
     match usage_body(&s, &t, at).await {
-        Ok(b) => Json(b).into_response(),
+        Ok(b) => {
+            let source = if b.from_memory {
+                "memory"
+            } else {
+                "clickhouse"
+            };
+            ([(USAGE_SOURCE_HEADER, source)], Json(b)).into_response()
+        }
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("usage unavailable: {e}"),
@@ -346,6 +542,23 @@ async fn usage(
     }
 }
 
+/// Whether the tenant may use more of a meter now: no at a hard limit, or when its prepaid
+/// wallet is empty.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/entitlements/{meter}",
+    params(
+        ("tenant" = String, Path, description = "Tenant id"),
+        ("meter" = String, Path, description = "Meter name, e.g. `call_minutes`")
+    ),
+    responses(
+        (status = 200, description = "The entitlement", body = pricing::Entitlement),
+        (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
+        (status = 404, description = "Unknown tenant or meter", body = ErrorBody),
+        (status = 503, description = "ClickHouse needed and unreachable", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn entitlement(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -354,27 +567,34 @@ async fn entitlement(
     if !authorized(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
     }
-    let Some(t) = tenant_of(&s, &tenant) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`"));
+    let t = match tenant_of(&s, &tenant).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown tenant `{tenant}`")),
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("tenant lookup unavailable: {e}"),
+            );
+        }
     };
-    let cat = s.shared.catalog.load();
+    let cat = s.shared.catalog.load_full();
     let Some(mid) = cat.meter_id(&meter) else {
         return error(StatusCode::NOT_FOUND, format!("unknown meter `{meter}`"));
     };
     let now = Utc::now();
     let period = t.period_at(now);
     let plan = t.plan_for_period(period, now).clone();
-    let first = s
-        .shared
-        .first_periods
-        .get(&t.id.to_string())
-        .is_none_or(|f| *f >= period.start);
-    let usage = match period_usage(&s, &t, period).await {
-        Ok(u) => u
-            .into_iter()
-            .find(|(m, _, _)| *m == mid)
-            .map(|(_, v, _)| v)
-            .unwrap_or_default(),
+    let first = match is_first_period(&s, &t, period).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("usage unavailable: {e}"),
+            );
+        }
+    };
+    let used = match usage::period_usage(&s.shared, &s.ch, &cat, &t.id, period.start).await {
+        Ok(u) => u.get(mid),
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -383,6 +603,12 @@ async fn entitlement(
         }
     };
     let limit = t.limit(&plan, mid, first);
-    let balance = s.wallets.as_ref().and_then(|w| w.balance(&t.id));
-    Json(pricing::entitlement(&plan, limit, mid, usage, balance)).into_response()
+    let balance = match (&s.wallets, &plan.wallet) {
+        (Some(w), Some(_)) => w.balance_now(&t),
+        _ => None,
+    };
+    Json(pricing::entitlement(&plan, limit, mid, used, balance)).into_response()
 }
+
+#[cfg(test)]
+mod tests;

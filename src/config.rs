@@ -364,11 +364,30 @@ fn one() -> Dec {
 }
 
 /// `[pricing]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PricingSettings {
     /// Plan for tenants that are not listed; without it their events go to the DLQ.
+    /// A `legacy` plan cannot be the default (it is not offered to new tenants).
     pub default_plan: Option<String>,
+    /// How often `callmeter run` checks the config file's modification time and reloads
+    /// plans, tenants and API tokens when it changed (`"0s"`: only on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+    /// How often prepaid wallet balances are recomputed (they are also recomputed for a
+    /// tenant on every entitlement request).
+    #[serde(with = "humantime_serde")]
+    pub wallet_refresh_interval: Duration,
+}
+
+impl Default for PricingSettings {
+    fn default() -> Self {
+        Self {
+            default_plan: None,
+            watch_interval: Duration::from_secs(3),
+            wallet_refresh_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// `[meters.<name>]` (CONTRACT section 2).
@@ -444,16 +463,29 @@ pub struct AddonSettings {
     pub price: Dec,
 }
 
-/// `[plans.<id>.wallet]`: prepaid credit (seed 001).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `[plans.<id>.wallet]`: a wallet (seed 001). Its balance is the sum of the tenant's
+/// `wallet.topped_up` amounts and monthly grants less its usage charges (every charge line
+/// but the base fee), deducted as they accrue.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlanWalletSettings {
-    /// Usage charges are deducted from the tenant's wallet as they accrue.
+    /// `true` (default): entitlement says no once the balance is zero or below. `false`: the
+    /// balance is kept and alerted on, but usage is never refused.
     pub prepaid: bool,
     /// Credit granted at the start of every usage period.
     pub monthly_grant: Option<Dec>,
     /// `wallet_low` fires when the balance falls below this.
     pub low_balance: Option<Dec>,
+}
+
+impl Default for PlanWalletSettings {
+    fn default() -> Self {
+        Self {
+            prepaid: true,
+            monthly_grant: None,
+            low_balance: None,
+        }
+    }
 }
 
 /// `[tenants.<id>]`.
@@ -501,6 +533,41 @@ impl Catalog {
 
     pub fn meter(&self, id: MeterId) -> &MeterDef {
         &self.meters[id.0 as usize]
+    }
+
+    /// Whether a running pipeline can switch from `self` to `next` without a restart: the
+    /// meters must be the same (rows in memory are keyed by meter index). Errors name what
+    /// differs.
+    pub fn reloadable_to(&self, next: &Catalog) -> Result<(), ConfigError> {
+        if self.meters == next.meters {
+            return Ok(());
+        }
+        let names = |c: &Catalog| {
+            c.meters
+                .iter()
+                .map(|m| m.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        let changed = next
+            .meters
+            .iter()
+            .filter(|m| !self.meters.contains(m))
+            .map(|m| m.name.to_string())
+            .chain(
+                self.meters
+                    .iter()
+                    .filter(|m| !next.meters.iter().any(|n| n.name == m.name))
+                    .map(|m| m.name.to_string()),
+            )
+            .collect::<Vec<_>>();
+        Err(ConfigError::new(
+            "meters",
+            format!(
+                "meter definitions changed ({}; running: {}): restart callmeter to apply them",
+                changed.join(", "),
+                names(self).join(", ")
+            ),
+        ))
     }
 
     /// The tenant as configured, or a tenant on the default plan (UTC, anchor day 1).
@@ -684,6 +751,12 @@ fn validate_runtime(s: &Settings) -> Result<(), ConfigError> {
     if st.rate_limit == 0 {
         return Err(ConfigError::new("stripe.rate_limit", "must be positive"));
     }
+    if s.pricing.wallet_refresh_interval.is_zero() {
+        return Err(ConfigError::new(
+            "pricing.wallet_refresh_interval",
+            "must be positive",
+        ));
+    }
     if st.enabled && st.report_interval.is_zero() {
         return Err(ConfigError::new(
             "stripe.report_interval",
@@ -865,9 +938,20 @@ fn build_catalog(s: &Settings) -> Result<Catalog, ConfigError> {
 
     let default_plan = match &s.pricing.default_plan {
         None => None,
-        Some(name) => Some(plans.get(name).cloned().ok_or_else(|| {
-            ConfigError::new("pricing.default_plan", format!("no plan named `{name}`"))
-        })?),
+        Some(name) => {
+            let p = plans.get(name).cloned().ok_or_else(|| {
+                ConfigError::new("pricing.default_plan", format!("no plan named `{name}`"))
+            })?;
+            if p.legacy {
+                return Err(ConfigError::new(
+                    "pricing.default_plan",
+                    format!(
+                        "plan `{name}` is legacy (grandfathered): it is not offered to new tenants"
+                    ),
+                ));
+            }
+            Some(p)
+        }
     };
 
     let mut tenants = BTreeMap::new();
@@ -1068,6 +1152,7 @@ fn build_plan(
         meters.insert(
             mid,
             PlanMeter {
+                name: mname.as_str().into(),
                 included,
                 included_once,
                 overage_rate,
@@ -1105,6 +1190,7 @@ fn build_plan(
             aname.clone(),
             Addon {
                 meter,
+                meter_name: a.meter.as_deref().map(Arc::from),
                 included: included.unwrap_or_default(),
                 price: a.price.0,
             },
@@ -1216,6 +1302,24 @@ fn build_tenant(
                 "a plan change cannot change the currency",
             ));
         }
+        if p.legacy {
+            return Err(ConfigError::new(
+                format!("{ckey}.plan"),
+                format!(
+                    "plan `{}` is legacy (grandfathered): tenants can leave it but not move onto it",
+                    c.plan
+                ),
+            ));
+        }
+        if let Some(a) = addons.keys().find(|a| !p.addons.contains_key(*a)) {
+            return Err(ConfigError::new(
+                format!("{ckey}.plan"),
+                format!(
+                    "plan `{}` has no add-on `{a}`, which the tenant holds (add-ons carry over plan changes)",
+                    c.plan
+                ),
+            ));
+        }
         if changes.last().is_some_and(|l: &PlanChange| l.at >= at) {
             return Err(ConfigError::new(
                 format!("{ckey}.at"),
@@ -1312,6 +1416,28 @@ pub fn describe(c: &Config) -> String {
                 format!("{}[{}]", cat.meter(*mid).name, parts.join(", "))
             })
             .collect();
+        let mut extras = String::new();
+        if let Some(r) = p.revenue_share {
+            let _ = write!(extras, " revenue_share[{r}]");
+        }
+        for (a, addon) in &p.addons {
+            let _ = write!(extras, " addon:{a}[price {}", addon.price);
+            if let Some(m) = &addon.meter_name {
+                let _ = write!(extras, ", +{} {m}", addon.included);
+            }
+            extras.push(']');
+        }
+        if let Some(w) = &p.wallet {
+            let _ = write!(
+                extras,
+                " wallet[{}grant {}{}]",
+                if w.prepaid { "prepaid, " } else { "" },
+                w.monthly_grant,
+                w.low_balance
+                    .map(|l| format!(", low {l}"))
+                    .unwrap_or_default()
+            );
+        }
         let _ = writeln!(
             out,
             "  {:<20} {:<24} {:<4} {:>10} {:>8}  {:<6} {}{}",
@@ -1322,28 +1448,57 @@ pub fn describe(c: &Config) -> String {
             p.yearly_discount,
             if p.legacy { "yes" } else { "no" },
             meters.join(" "),
-            p.revenue_share
-                .map(|r| format!(" revenue_share[{r}]"))
-                .unwrap_or_default()
+            extras
+        );
+    }
+    let legacy: Vec<String> = cat
+        .plans
+        .values()
+        .filter(|p| p.legacy)
+        .map(|p| {
+            let n = cat.tenants.values().filter(|t| t.plan.id == p.id).count();
+            format!("{} ({n} grandfathered tenants)", p.id)
+        })
+        .collect();
+    if !legacy.is_empty() {
+        let _ = writeln!(
+            out,
+            "  legacy plans are billable for their tenants but not offered to new ones \
+             (never the default plan nor a plan change target): {}",
+            legacy.join(", ")
         );
     }
     let _ = writeln!(out, "\ntenants:");
     let _ = writeln!(
         out,
-        "  {:<24} {:<20} {:<20} {:>6} {:<8} addons",
+        "  {:<24} {:<30} {:<20} {:>6} {:<8} addons",
         "id", "plan", "timezone", "anchor", "cycle"
     );
     for (id, t) in &cat.tenants {
         let addons: Vec<String> = t.addons.iter().map(|(a, n)| format!("{a}={n}")).collect();
+        let mut plan = t.plan.id.clone();
+        if t.plan.legacy {
+            plan.push_str(" (legacy)");
+        }
+        let changes: String = t
+            .plan_changes
+            .iter()
+            .map(|c| format!(" then {} from {}", c.plan.id, c.at.to_rfc3339()))
+            .collect();
         let _ = writeln!(
             out,
-            "  {:<24} {:<20} {:<20} {:>6} {:<8} {}",
+            "  {:<24} {:<30} {:<20} {:>6} {:<8} {}{}",
             id,
-            t.plan.id,
+            plan,
             t.tz.name(),
             t.anchor_day,
             format!("{:?}", t.billing_cycle).to_lowercase(),
-            addons.join(",")
+            if addons.is_empty() {
+                "-".to_string()
+            } else {
+                addons.join(",")
+            },
+            changes
         );
     }
     if let Some(p) = &cat.default_plan {
@@ -1620,6 +1775,134 @@ at = "yesterday"
 plan = "a"
 "#;
         assert_eq!(err(text).key, "tenants.t.plan_changes[0].at");
+    }
+
+    const LEGACY: &str = r#"
+[plans.starter]
+currency = "USD"
+base_fee = "79.00"
+[plans.legacy_starter]
+currency = "USD"
+base_fee = "149.00"
+legacy = true
+[tenants.old]
+plan = "legacy_starter"
+"#;
+
+    #[test]
+    fn legacy_plans_keep_their_tenants() {
+        let c = Config::from_toml_str(LEGACY).unwrap();
+        assert!(c.catalog.plans["legacy_starter"].legacy);
+        assert_eq!(c.catalog.tenants["old"].plan.id, "legacy_starter");
+        // Leaving a legacy plan is fine.
+        let c = Config::from_toml_str(&format!(
+            "{LEGACY}[[tenants.old.plan_changes]]\nat = \"2026-11-16T00:00:00Z\"\nplan = \"starter\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.catalog.tenants["old"].plan_changes[0].plan.id, "starter");
+        let out = describe(&c);
+        assert!(out.contains("legacy_starter (legacy)"), "{out}");
+        assert!(
+            out.contains("legacy_starter (1 grandfathered tenants)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn rejects_legacy_default_plan() {
+        let e = err(&format!(
+            "{LEGACY}[pricing]\ndefault_plan = \"legacy_starter\"\n"
+        ));
+        assert_eq!(e.key, "pricing.default_plan");
+        assert!(e.reason.contains("legacy"), "{e}");
+    }
+
+    #[test]
+    fn rejects_plan_change_onto_a_legacy_plan() {
+        let e = err(&format!(
+            "{LEGACY}[tenants.new]\nplan = \"starter\"\n[[tenants.new.plan_changes]]\nat = \"2026-11-16T00:00:00Z\"\nplan = \"legacy_starter\"\n"
+        ));
+        assert_eq!(e.key, "tenants.new.plan_changes[0].plan");
+        assert!(e.reason.contains("legacy"), "{e}");
+    }
+
+    #[test]
+    fn rejects_plan_change_to_a_plan_without_the_tenants_addons() {
+        let text = r#"
+[plans.a]
+currency = "USD"
+[plans.a.addons.phone_number]
+price = "5"
+[plans.b]
+currency = "USD"
+[tenants.t]
+plan = "a"
+addons = { phone_number = 1 }
+[[tenants.t.plan_changes]]
+at = "2026-11-16T00:00:00Z"
+plan = "b"
+"#;
+        let e = err(text);
+        assert_eq!(e.key, "tenants.t.plan_changes[0].plan");
+        assert!(e.reason.contains("phone_number"), "{e}");
+    }
+
+    #[test]
+    fn rejects_zero_wallet_refresh() {
+        assert_eq!(
+            err("[pricing]\nwallet_refresh_interval = \"0s\"\n").key,
+            "pricing.wallet_refresh_interval"
+        );
+    }
+
+    #[test]
+    fn rejects_negative_wallet_terms() {
+        let e = err("[plans.p]\ncurrency = \"USD\"\n[plans.p.wallet]\nmonthly_grant = \"-1\"\n");
+        assert_eq!(e.key, "plans.p.wallet.monthly_grant");
+        let e = err("[plans.p]\ncurrency = \"USD\"\n[plans.p.wallet]\nlow_balance = \"-1\"\n");
+        assert_eq!(e.key, "plans.p.wallet.low_balance");
+    }
+
+    #[test]
+    fn wallets_are_prepaid_unless_said_otherwise() {
+        let c = Config::from_toml_str(
+            "[plans.a]\ncurrency = \"USD\"\n[plans.a.wallet]\nmonthly_grant = \"10\"\n[plans.b]\ncurrency = \"USD\"\n[plans.b.wallet]\nprepaid = false\n",
+        )
+        .unwrap();
+        assert!(c.catalog.plans["a"].wallet.as_ref().unwrap().prepaid);
+        assert!(!c.catalog.plans["b"].wallet.as_ref().unwrap().prepaid);
+    }
+
+    #[test]
+    fn reload_needs_the_same_meters() {
+        let meter = "[meters.ai_minutes]\nevent_type = \"call.completed\"\nvalue = \"duration_ms\"\ndivisor = 60000\n";
+        let a = Config::from_toml_str(&format!("{meter}{BASE}")).unwrap();
+        let b = Config::from_toml_str(&format!("{meter}{BASE}base_fee_never = 1\n"));
+        assert!(b.is_err());
+        let same = Config::from_toml_str(&format!("{meter}{BASE}anchor_day = 5\n")).unwrap();
+        assert!(a.catalog.reloadable_to(&same.catalog).is_ok());
+        let other =
+            Config::from_toml_str(&format!("{}{BASE}", meter.replace("60000", "1000"))).unwrap();
+        let e = a.catalog.reloadable_to(&other.catalog).unwrap_err();
+        assert_eq!(e.key, "meters");
+        assert!(e.reason.contains("ai_minutes"), "{e}");
+        let fewer = Config::from_toml_str(BASE).unwrap();
+        assert!(a.catalog.reloadable_to(&fewer.catalog).is_err());
+    }
+
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(describe(&c).starts_with("configuration ok"));
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "only {n} example configs");
     }
 
     #[test]

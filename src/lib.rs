@@ -22,4 +22,5 @@ pub mod source;
 pub mod state;
 pub mod stripe;
 pub mod telemetry;
+pub mod usage;
 pub mod wallet;

@@ -347,12 +347,28 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
     let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(
         config.settings.api.tokens.clone(),
     ));
+    // Prepaid wallets: balances derived from the rollups, alerts to the alerts topic.
+    let alert_producer = callmeter::source::kafka::producer(&config.settings.kafka)
+        .context("creating the wallet alert producer")?;
+    let wallets = Arc::new(callmeter::wallet::Wallets::new(
+        shared.clone(),
+        ch.clone(),
+        Some(callmeter::wallet::AlertSink {
+            producer: alert_producer,
+            topic: config.settings.kafka.alerts_topic.clone(),
+        }),
+        config.settings.metrics.tenant_gauges_max,
+    ));
+    rt.spawn(wallets.clone().run(
+        config.settings.pricing.wallet_refresh_interval,
+        shutdown.clone(),
+    ));
     let state = callmeter::api::ApiState {
         shared: shared.clone(),
         telemetry,
         ch: ch.clone(),
         tokens: tokens.clone(),
-        wallets: None,
+        wallets: Some(wallets),
     };
     rt.spawn(callmeter::gauges::run(
         shared.clone(),
@@ -372,6 +388,32 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
             .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
             .await;
     });
+    // The config file is watched (modification time) and reloaded when it changes.
+    let watch = config.settings.pricing.watch_interval;
+    if !watch.is_zero() {
+        let (path, shared, tokens, stop) = (
+            path.clone(),
+            shared.clone(),
+            tokens.clone(),
+            shutdown.clone(),
+        );
+        rt.spawn(async move {
+            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last = mtime(&path);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(watch) => {}
+                }
+                let now = mtime(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    tracing::info!(path = %path.display(), "configuration file changed");
+                    reload(&path, &shared, &tokens);
+                }
+            }
+        });
+    }
     // Signals: the first SIGTERM/SIGINT drains; a second exits at once. SIGHUP reloads.
     let sig_shutdown = shutdown.clone();
     let reload_shared = shared.clone();
@@ -433,10 +475,16 @@ fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::R
     res
 }
 
-/// Reloads plans and tenants (SIGHUP). A config that does not validate is rejected and the
-/// old one kept.
+/// Reloads meters' plans, tenants and API tokens (SIGHUP, or the file changed). A config
+/// that does not validate, or that changes meter definitions (they need a restart), is
+/// rejected with the reason logged and the old one kept. Other settings (Kafka,
+/// ClickHouse, pipeline) take effect at the next start.
 fn reload(path: &Path, shared: &Arc<Shared>, tokens: &Arc<arc_swap::ArcSwap<Vec<String>>>) {
-    match Config::load(path) {
+    let loaded = Config::load(path).and_then(|c| {
+        shared.catalog.load().reloadable_to(&c.catalog)?;
+        Ok(c)
+    });
+    match loaded {
         Ok(c) => {
             shared.catalog.store(c.catalog.clone());
             tokens.store(Arc::new(c.settings.api.tokens.clone()));

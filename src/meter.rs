@@ -70,7 +70,7 @@ pub enum WhereValue {
 }
 
 /// A compiled meter definition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeterDef {
     pub name: Arc<str>,
     pub event_types: Vec<String>,

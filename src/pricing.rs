@@ -7,6 +7,24 @@
 //! (`min(cap, (usage - limit)+ x overage_rate)`), per-unit `rate x usage`, graduated or volume
 //! tiers (Stripe's `tiers_mode` semantics: <https://docs.stripe.com/products-prices/pricing-models#tiered-pricing>),
 //! revenue share (not below zero) and add-on prices. The total is the sum of the lines.
+//!
+//! Decisions where CONTRACT section 3 is silent:
+//!
+//! - **Plan changes.** From a change's instant on, the new plan's limits and rates apply to the
+//!   whole period's usage ([`Tenant::plan_for_period`]); the base fee is prorated by the
+//!   seconds each plan was in effect (one `base_fee` line per plan, `item` = the plan id).
+//!   A change scheduled after `now` is not applied yet.
+//! - **One-time allowances** (`included_once`, seed 004's Free tier "15 min one-time") are
+//!   added to the limit of the tenant's *first usage period* only (the period of its first
+//!   event; give the tenant an `anchor_day` on its sign-up day so that this period is a full
+//!   month). They are not renewed: afterwards the limit is the renewable `included` quantity,
+//!   or 0 when the plan has none, so a `hard_limit` then blocks.
+//! - **Tiers** follow Stripe (`up_to` inclusive; the first tier is always entered, so its
+//!   `flat_fee` is charged even at zero usage, as in Stripe's flat-fee-and-overages model).
+//! - **Add-ons** are charged per unit per period at the price of the plan governing the
+//!   period, without proration.
+//! - Lines whose rounded amount is zero are left out; a period without charges has no lines
+//!   and a total of `0.00`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +42,9 @@ use crate::period::Period;
 pub enum Included {
     /// The plan sets no included quantity (rate-only or tiered meters).
     None,
+    /// This many units per usage period.
     Finite(Decimal),
+    /// No cap: no limit, no overage, no threshold alerts.
     Unlimited,
 }
 
@@ -42,18 +62,24 @@ pub enum TiersMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {
     pub up_to: Option<Decimal>,
+    /// Price per unit in this tier, in the plan's currency.
     pub unit_price: Decimal,
+    /// Charged once when usage enters this tier (the first tier is always entered).
     pub flat_fee: Decimal,
 }
 
 /// A plan's terms for one meter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanMeter {
+    /// The meter's name (for charge lines).
+    pub name: Arc<str>,
     pub included: Included,
     /// One-time allowance (seed 004's Free tier "15 min one-time"): added to the limit in the
-    /// tenant's first usage period only.
+    /// tenant's first usage period only (see the module docs).
     pub included_once: Option<Decimal>,
+    /// Price per unit above the limit.
     pub overage_rate: Option<Decimal>,
+    /// The overage charge of a period never exceeds this.
     pub overage_cap: Option<Decimal>,
     /// Entitlement says no once usage reaches the limit.
     pub hard_limit: bool,
@@ -63,9 +89,12 @@ pub struct PlanMeter {
 }
 
 /// An add-on: `included` units of `meter` per unit held, for `price` per unit per period.
+/// Without a meter it is a priced feature (seed 000: an extra phone number, call recording).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Addon {
     pub meter: Option<MeterId>,
+    /// The meter's name, when there is a meter.
+    pub meter_name: Option<Arc<str>>,
     pub included: Decimal,
     pub price: Decimal,
 }
@@ -87,11 +116,15 @@ impl Threshold {
     }
 }
 
-/// Prepaid wallet terms of a plan (seed 001).
+/// Prepaid wallet terms of a plan (seed 001); see [`crate::wallet`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct WalletPolicy {
+    /// Entitlement says no once the balance is zero or below. `false`: the balance is kept
+    /// and alerted on, but usage is never refused (e.g. seed 001's enterprise tenants).
     pub prepaid: bool,
+    /// Credit added at the start of every usage period, in the plan's currency.
     pub monthly_grant: Decimal,
+    /// `wallet_low` fires when the balance falls below this.
     pub low_balance: Option<Decimal>,
 }
 
@@ -100,13 +133,16 @@ pub struct WalletPolicy {
 pub struct Plan {
     pub id: String,
     pub display_name: String,
+    /// ISO 4217 code; every amount of the plan is in it.
     pub currency: String,
     /// Per monthly usage period.
     pub base_fee: Decimal,
     /// Base-fee discount for tenants billed yearly (fraction).
     pub yearly_discount: Decimal,
-    /// Grandfathered: not offered to new tenants, still billable.
+    /// Grandfathered (seed 000): billable for the tenants configured on it, but never offered
+    /// to new ones, so it cannot be `pricing.default_plan` nor the target of a plan change.
     pub legacy: bool,
+    /// Fraction of the period's `revenue` meter.
     pub revenue_share: Option<Decimal>,
     pub thresholds: Vec<Threshold>,
     pub meters: BTreeMap<MeterId, PlanMeter>,
@@ -133,12 +169,15 @@ pub struct Tenant {
     pub id: Arc<str>,
     /// The plan before any plan change.
     pub plan: Arc<Plan>,
+    /// In increasing time order.
     pub plan_changes: Vec<PlanChange>,
     pub tz: Tz,
     pub anchor_day: u32,
     pub billing_cycle: BillingCycle,
+    /// Add-on name -> units held.
     pub addons: BTreeMap<String, u32>,
     pub stripe_customer_id: Option<String>,
+    /// Overrides the plan's `wallet.low_balance`.
     pub wallet_low_balance: Option<Decimal>,
     /// False for tenants that are only on the default plan.
     pub configured: bool,
@@ -171,7 +210,7 @@ impl Tenant {
     }
 
     /// The plan whose limits and rates govern a whole period, as known at `now`: the plan in
-    /// effect at the period's end, or at `now` if the period is still running.
+    /// effect at the period's last second, or at `now` if the period is still running.
     pub fn plan_for_period(&self, period: Period, now: DateTime<Utc>) -> &Arc<Plan> {
         let end = period.end_utc() - chrono::Duration::seconds(1);
         self.plan_at(end.min(now.max(period.start_utc())))
@@ -187,17 +226,28 @@ impl Tenant {
         self.addons.get(name).copied().unwrap_or(0)
     }
 
-    /// The meter's limit for this tenant under `plan`: `None` when unlimited or when the plan
-    /// sets no included quantity. `first_period` grants the one-time allowance.
+    /// The tenant's `wallet_low` threshold under `plan`: its own override, else the plan's.
+    pub fn wallet_low_balance(&self, plan: &Plan) -> Option<Decimal> {
+        self.wallet_low_balance
+            .or_else(|| plan.wallet.as_ref().and_then(|w| w.low_balance))
+    }
+
+    /// The meter's limit for this tenant under `plan`, in meter units: `included` (plus the
+    /// one-time allowance when `first_period`) plus the add-ons' included units. `None` when
+    /// the meter is unlimited, or when the plan sets neither `included` nor `included_once`
+    /// for it (rate-only or tiered meters). A meter with only a one-time allowance has a
+    /// limit of 0 (plus add-ons) after the first period: the allowance is not renewed.
     pub fn limit(&self, plan: &Plan, meter: MeterId, first_period: bool) -> Option<Decimal> {
         let pm = plan.meters.get(&meter)?;
-        let once = if first_period { pm.included_once } else { None };
-        let base = match (pm.included, once) {
+        let mut base = match (pm.included, pm.included_once) {
             (Included::Unlimited, _) => return None,
-            (Included::Finite(d), o) => d + o.unwrap_or_default(),
-            (Included::None, Some(o)) => o,
+            (Included::Finite(d), _) => d,
+            (Included::None, Some(_)) => Decimal::ZERO,
             (Included::None, None) => return None,
         };
+        if first_period {
+            base += pm.included_once.unwrap_or_default();
+        }
         let extra: Decimal = plan
             .addons
             .iter()
@@ -209,25 +259,30 @@ impl Tenant {
 }
 
 /// One line of a period's charges.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ChargeLine {
     /// `base_fee`, `overage`, `usage`, `tiered`, `revenue_share`, `addon`.
+    #[schema(value_type = String, example = "base_fee")]
     pub kind: &'static str,
-    /// The meter priced, if any.
+    /// The meter priced, if any (`revenue` for `revenue_share`; the add-on's meter, if any).
+    #[schema(example = json!(null))]
     pub meter: Option<String>,
-    /// The add-on priced (kind `addon`) or the plan of a prorated base fee.
+    /// The add-on priced (kind `addon`), or the plan of a prorated base fee; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
-    /// Rounded half-up to 2 decimals.
+    /// In the plan's currency, rounded half-up to 2 decimals; serialized as `"12.50"`.
     #[serde(with = "crate::pricing::money_str")]
+    #[schema(value_type = String, example = "79.00")]
     pub amount: Decimal,
 }
 
 /// A period's charges.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Charges {
     pub lines: Vec<ChargeLine>,
+    /// The sum of the lines, 2 decimals.
     #[serde(with = "crate::pricing::money_str")]
+    #[schema(value_type = String, example = "79.00")]
     pub total: Decimal,
 }
 
@@ -247,6 +302,7 @@ pub mod money_str {
     use rust_decimal::Decimal;
     use serde::Serializer;
 
+    /// `d` rounded half-up to 2 decimals, always written with 2 decimals.
     pub fn format(d: Decimal) -> String {
         let mut r = super::round_money(d);
         r.rescale(2);
@@ -263,15 +319,18 @@ pub fn round_money(d: Decimal) -> Decimal {
     round_half_up(d, 2)
 }
 
-/// Usage of one meter in a period, with its name (for charge lines).
+/// Usage of one meter in a period.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeterUsage {
     pub meter: MeterId,
+    /// The meter's name (kept for callers; charge lines take names from the plan).
     pub name: String,
+    /// The meter value (CONTRACT section 2), in meter units.
     pub usage: Decimal,
 }
 
-/// Overage charge of `usage` above `limit`, capped.
+/// Overage charge of `usage` above `limit`: `min(cap, (usage - limit)+ x overage_rate)`,
+/// unrounded. Zero without an `overage_rate`.
 pub fn overage_charge(pm: &PlanMeter, usage: Decimal, limit: Decimal) -> Decimal {
     let Some(rate) = pm.overage_rate else {
         return Decimal::ZERO;
@@ -284,39 +343,47 @@ pub fn overage_charge(pm: &PlanMeter, usage: Decimal, limit: Decimal) -> Decimal
     }
 }
 
-/// Tiered charge of `units` (Stripe semantics; `up_to` bounds are inclusive).
+/// Tiered charge of `units` (negative counts as zero), unrounded, with Stripe's semantics:
+/// tier `i` holds the units in `(up_to[i-1], up_to[i]]`.
+///
+/// - graduated: each tier's units at its `unit_price`, plus the `flat_fee` of every tier
+///   entered (the first tier always is);
+/// - volume: all units at the `unit_price` of the tier the total falls in, plus that tier's
+///   `flat_fee`.
+///
+/// `tiers` must be non-empty with increasing bounds and an unbounded last tier (checked by
+/// the configuration).
 pub fn tiered_charge(mode: TiersMode, tiers: &[Tier], units: Decimal) -> Decimal {
     let units = units.max(Decimal::ZERO);
     match mode {
         TiersMode::Graduated => {
             let mut total = Decimal::ZERO;
             let mut lower = Decimal::ZERO;
-            for t in tiers {
-                if units <= lower && lower > Decimal::ZERO {
+            for (i, t) in tiers.iter().enumerate() {
+                if i > 0 && units <= lower {
                     break;
                 }
-                let upper = t.up_to.unwrap_or(Decimal::MAX);
-                let in_tier = (units.min(upper) - lower).max(Decimal::ZERO);
-                if in_tier > Decimal::ZERO {
-                    total += in_tier * t.unit_price + t.flat_fee;
+                let in_tier = match t.up_to {
+                    Some(upper) => units.min(upper) - lower,
+                    None => units - lower,
+                };
+                total += in_tier.max(Decimal::ZERO) * t.unit_price + t.flat_fee;
+                match t.up_to {
+                    Some(upper) => lower = upper,
+                    None => break,
                 }
-                if units <= upper {
-                    break;
-                }
-                lower = upper;
             }
             total
         }
         TiersMode::Volume => {
-            let tier = tiers
+            let Some(tier) = tiers
                 .iter()
                 .find(|t| t.up_to.is_none_or(|u| units <= u))
-                .unwrap_or_else(|| tiers.last().expect("tiers are not empty"));
-            if units.is_zero() {
-                Decimal::ZERO
-            } else {
-                units * tier.unit_price + tier.flat_fee
-            }
+                .or_else(|| tiers.last())
+            else {
+                return Decimal::ZERO;
+            };
+            units * tier.unit_price + tier.flat_fee
         }
     }
 }
@@ -333,12 +400,34 @@ pub struct ChargeInput<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Computes the charges of a usage period (see the module docs).
+impl ChargeInput<'_> {
+    fn usage_of(&self, m: MeterId) -> Decimal {
+        self.usage
+            .iter()
+            .filter(|u| u.meter == m)
+            .map(|u| u.usage)
+            .sum()
+    }
+}
+
+/// Computes the charges of a usage period (see the module docs), in the currency of the
+/// plan governing the period.
 pub fn charges(input: &ChargeInput<'_>) -> Charges {
     let t = input.tenant;
     let period = input.period;
     let plan = t.plan_for_period(period, input.now);
     let mut lines = Vec::new();
+    let mut push = |kind: &'static str, meter: Option<&str>, item: Option<&str>, raw: Decimal| {
+        let amount = round_money(raw);
+        if !amount.is_zero() {
+            lines.push(ChargeLine {
+                kind,
+                meter: meter.map(str::to_string),
+                item: item.map(str::to_string),
+                amount,
+            });
+        }
+    };
 
     // Base fee, prorated by time across plan changes inside the period.
     let segments = plan_segments(t, period, input.now);
@@ -349,107 +438,74 @@ pub fn charges(input: &ChargeInput<'_>) -> Charges {
             fee *= Decimal::ONE - plan_seg.yearly_discount;
         }
         if prorated {
-            fee = fee * Decimal::from(*secs) / Decimal::from(period.seconds());
+            fee = fee * Decimal::from(*secs) / Decimal::from(period.seconds().max(1));
         }
-        let amount = round_money(fee);
-        if !amount.is_zero() {
-            lines.push(ChargeLine {
-                kind: "base_fee",
-                meter: None,
-                item: prorated.then(|| plan_seg.id.clone()),
-                amount,
-            });
-        }
+        push(
+            "base_fee",
+            None,
+            prorated.then_some(plan_seg.id.as_str()),
+            fee,
+        );
     }
 
-    let usage_of = |m: MeterId| {
-        input
-            .usage
-            .iter()
-            .find(|u| u.meter == m)
-            .map(|u| u.usage)
-            .unwrap_or_default()
-    };
-    let name_of = |m: MeterId| {
-        input
-            .usage
-            .iter()
-            .find(|u| u.meter == m)
-            .map(|u| u.name.clone())
-            .unwrap_or_else(|| format!("meter#{}", m.0))
-    };
     for (mid, pm) in &plan.meters {
-        let usage = usage_of(*mid);
+        let usage = input.usage_of(*mid);
         if let Some(limit) = t.limit(plan, *mid, input.first_period) {
-            let amount = round_money(overage_charge(pm, usage, limit));
-            if !amount.is_zero() {
-                lines.push(ChargeLine {
-                    kind: "overage",
-                    meter: Some(name_of(*mid)),
-                    item: None,
-                    amount,
-                });
-            }
+            push(
+                "overage",
+                Some(&pm.name),
+                None,
+                overage_charge(pm, usage, limit),
+            );
         }
         if let Some(rate) = pm.rate {
-            let amount = round_money(rate * usage.max(Decimal::ZERO));
-            if !amount.is_zero() {
-                lines.push(ChargeLine {
-                    kind: "usage",
-                    meter: Some(name_of(*mid)),
-                    item: None,
-                    amount,
-                });
-            }
+            push(
+                "usage",
+                Some(&pm.name),
+                None,
+                rate * usage.max(Decimal::ZERO),
+            );
         }
         if let Some((mode, tiers)) = &pm.tiers {
-            let amount = round_money(tiered_charge(*mode, tiers, usage));
-            if !amount.is_zero() {
-                lines.push(ChargeLine {
-                    kind: "tiered",
-                    meter: Some(name_of(*mid)),
-                    item: None,
-                    amount,
-                });
-            }
+            push(
+                "tiered",
+                Some(&pm.name),
+                None,
+                tiered_charge(*mode, tiers, usage),
+            );
         }
     }
     if let Some(share) = plan.revenue_share {
-        let revenue = usage_of(crate::meter::REVENUE);
-        let amount = round_money((revenue * share).max(Decimal::ZERO));
-        if !amount.is_zero() {
-            lines.push(ChargeLine {
-                kind: "revenue_share",
-                meter: Some("revenue".into()),
-                item: None,
-                amount,
-            });
-        }
+        let revenue = input.usage_of(crate::meter::REVENUE);
+        push(
+            "revenue_share",
+            Some("revenue"),
+            None,
+            (revenue * share).max(Decimal::ZERO),
+        );
     }
     for (name, addon) in &plan.addons {
         let units = t.addon_units(name);
-        let amount = round_money(addon.price * Decimal::from(units));
-        if !amount.is_zero() {
-            lines.push(ChargeLine {
-                kind: "addon",
-                meter: addon.meter.map(name_of),
-                item: Some(name.clone()),
-                amount,
-            });
-        }
+        push(
+            "addon",
+            addon.meter_name.as_deref(),
+            Some(name),
+            addon.price * Decimal::from(units),
+        );
     }
     let total = lines.iter().map(|l| l.amount).sum();
     Charges { lines, total }
 }
 
-/// The plans in effect during `period` with the seconds each was in effect (only up to `now`
-/// for changes: a future change is not yet known to apply).
-fn plan_segments(t: &Tenant, period: Period, now: DateTime<Utc>) -> Vec<(Arc<Plan>, i64)> {
+/// The plans in effect during `period` with the seconds each was in effect (changes after
+/// `now` are not yet in effect). Consecutive stretches of one plan are merged.
+pub fn plan_segments(t: &Tenant, period: Period, now: DateTime<Utc>) -> Vec<(Arc<Plan>, i64)> {
     let mut cuts: Vec<(i64, Arc<Plan>)> =
         vec![(period.start, t.plan_at(period.start_utc()).clone())];
+    let known_until = now.max(period.start_utc());
     for c in &t.plan_changes {
         let at = c.at.timestamp();
-        if at > period.start && at < period.end && c.at <= now.max(period.start_utc()) {
+        if at > period.start && at < period.end && c.at <= known_until {
             cuts.push((at, c.plan.clone()));
         }
     }
@@ -457,7 +513,7 @@ fn plan_segments(t: &Tenant, period: Period, now: DateTime<Utc>) -> Vec<(Arc<Pla
     for (i, (at, plan)) in cuts.iter().enumerate() {
         let until = cuts.get(i + 1).map(|c| c.0).unwrap_or(period.end);
         if let Some(last) = out.last_mut()
-            && Arc::ptr_eq(&last.0, plan)
+            && (Arc::ptr_eq(&last.0, plan) || last.0.id == plan.id)
         {
             last.1 += until - at;
             continue;
@@ -467,14 +523,24 @@ fn plan_segments(t: &Tenant, period: Period, now: DateTime<Utc>) -> Vec<(Arc<Pla
     out
 }
 
-/// The entitlement answer of CONTRACT section 6.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The entitlement answer of CONTRACT section 6:
+/// `{"allowed": bool, "reason": string|null, "remaining": "<decimal>"|null}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Entitlement {
     pub allowed: bool,
+    /// `hard_limit_reached` or `wallet_empty` when not allowed, else null.
+    #[schema(example = json!(null))]
     pub reason: Option<String>,
+    /// The limit left in meter units (never negative), null without a finite limit.
     #[serde(serialize_with = "opt_dec_str")]
+    #[schema(value_type = Option<String>, example = "223.5")]
     pub remaining: Option<Decimal>,
 }
+
+/// Reason of a refusal at a hard limit.
+pub const HARD_LIMIT_REACHED: &str = "hard_limit_reached";
+/// Reason of a refusal when a prepaid wallet is empty.
+pub const WALLET_EMPTY: &str = "wallet_empty";
 
 fn opt_dec_str<S: serde::Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
     match d {
@@ -483,9 +549,10 @@ fn opt_dec_str<S: serde::Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok,
     }
 }
 
-/// Whether the tenant may use more of `meter`: no once a hard limit is reached, or when a
-/// prepaid wallet is empty. `remaining` is the limit left (never negative), `None` when the
-/// meter has no finite limit.
+/// Whether the tenant may use more of `meter`: no once a hard limit is reached
+/// (`usage >= limit`), or when the plan's wallet is prepaid and `wallet_balance` is zero or
+/// below. An unknown balance (`None`, e.g. not computed yet) does not refuse. `remaining` is
+/// the limit left (never negative), `None` when the meter has no finite limit.
 pub fn entitlement(
     plan: &Plan,
     limit: Option<Decimal>,
@@ -501,7 +568,7 @@ pub fn entitlement(
     {
         return Entitlement {
             allowed: false,
-            reason: Some("hard_limit_reached".into()),
+            reason: Some(HARD_LIMIT_REACHED.into()),
             remaining,
         };
     }
@@ -510,7 +577,7 @@ pub fn entitlement(
     {
         return Entitlement {
             allowed: false,
-            reason: Some("wallet_empty".into()),
+            reason: Some(WALLET_EMPTY.into()),
             remaining,
         };
     }
@@ -520,3 +587,6 @@ pub fn entitlement(
         remaining,
     }
 }
+
+#[cfg(test)]
+mod tests;

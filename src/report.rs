@@ -81,6 +81,11 @@ pub async fn lines(config: &Config, ch: &ClickHouse) -> Result<Vec<ReportLine>, 
     }
     let cat = &config.catalog;
     let now = Utc::now();
+    // Each tenant's first period holds its one-time allowances.
+    let mut first: BTreeMap<String, i64> = BTreeMap::new();
+    for (tenant, start) in by.keys() {
+        first.entry(tenant.clone()).or_insert(*start as i64);
+    }
     for l in by.values_mut() {
         let Some(t) = cat.tenant(&l.tenant) else {
             continue;
@@ -103,7 +108,7 @@ pub async fn lines(config: &Config, ch: &ClickHouse) -> Result<Vec<ReportLine>, 
             tenant: &t,
             period: l.period,
             usage: &usage,
-            first_period: false,
+            first_period: first.get(&l.tenant) == Some(&l.period.start),
             now,
         });
         l.total = Some(c.total);

@@ -3,6 +3,7 @@
 mod common;
 mod faults;
 mod malformed;
+mod pricing;
 mod prometheus;
 mod realdata;
 mod stripe;
