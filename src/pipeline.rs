@@ -38,9 +38,21 @@ type GroupConsumer = BaseConsumer<GroupContext>;
 
 /// A message produced to Kafka (DLQ or alert) whose delivery a flush must await.
 struct Pending {
-    fut: DeliveryFuture,
+    fut: DeliveryWait,
     topic: String,
 }
+
+/// A delivery report to await (a plain delivery future, or a task that also measured it).
+type DeliveryWait = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    rdkafka::producer::future_producer::OwnedDeliveryResult,
+                    futures::channel::oneshot::Canceled,
+                >,
+            > + Send,
+    >,
+>;
 
 /// What a flush task reports back.
 struct FlushDone {
@@ -276,7 +288,10 @@ impl Inner {
                             rec = rec.headers(h.clone());
                         }
                         if let Some(fut) = send_retrying(&self.producer, rec) {
-                            pending.push(Pending { fut, topic });
+                            pending.push(Pending {
+                                fut: Box::pin(fut),
+                                topic,
+                            });
                         }
                     }
                     Err(_) => {
@@ -483,6 +498,9 @@ pub fn run(
     for code in crate::event::ErrorCode::ALL {
         metrics::counter!(t::EVENTS_REJECTED, "reason" => code.as_str()).increment(0);
     }
+    metrics::counter!(t::COMMIT_FAILURES).increment(0);
+    metrics::counter!(t::FLUSH_FAILURES).increment(0);
+    metrics::counter!(t::DEDUP_EVICTED_EARLY).increment(0);
     let ks = &config.settings.kafka;
     let consumer = Arc::new(kafka::consumer(ks)?);
     let producer = kafka::producer(ks)?;
@@ -517,7 +535,6 @@ pub fn run(
     let mut counters = Counters::default();
     let mut paused = false;
     let mut pending_seek: Vec<(i32, i64)> = Vec::new();
-    let mut alert_sent: Vec<(Instant, i64)> = Vec::new();
 
     while !shutdown.is_cancelled() {
         // Flush results.
@@ -657,7 +674,7 @@ pub fn run(
                         .lock()
                         .expect("deliveries lock")
                         .push(Pending {
-                            fut,
+                            fut: Box::pin(fut),
                             topic: dlq_topic.clone(),
                         });
                 }
@@ -668,19 +685,30 @@ pub fn run(
                 metrics::counter!(t::ALERTS, "kind" => a.kind.clone()).increment(1);
                 tracing::info!(tenant = %a.tenant_id, meter = %a.meter, kind = %a.kind, usage = %a.usage, limit = ?a.limit, "usage alert");
                 if let Some(fut) = produce_alert(&inner.producer, &alerts_topic, a) {
+                    // Alerts are rare: a task per alert measures its latency from the crossing
+                    // event's Kafka timestamp to the alert's acknowledgement.
+                    let event_ms = ts;
+                    let task = inner.rt.spawn(async move {
+                        let r = fut.await;
+                        if let (Ok(Ok(_)), Some(ms)) = (&r, event_ms) {
+                            let secs = (Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0;
+                            metrics::histogram!(t::ALERT_LATENCY).record(secs);
+                        }
+                        r
+                    });
+                    let wait: DeliveryWait = Box::pin(async move {
+                        task.await
+                            .unwrap_or(Err(futures::channel::oneshot::Canceled))
+                    });
                     inner
                         .deliveries
                         .lock()
                         .expect("deliveries lock")
                         .push(Pending {
-                            fut,
+                            fut: wait,
                             topic: alerts_topic.clone(),
                         });
                 }
-                alert_sent.push((Instant::now(), ts.unwrap_or(0)));
-            }
-            if alert_sent.len() > 1024 {
-                alert_sent.clear();
             }
         }
     }
@@ -698,6 +726,7 @@ fn publish_gauges(inner: &Arc<Inner>, shared: &Arc<Shared>) {
     let proc = inner.proc.lock().expect("processor lock");
     metrics::gauge!(t::DIRTY_ROWS).set(proc.dirty_rows() as f64);
     metrics::gauge!(t::DEDUP_ENTRIES).set(proc.dedup_entries() as f64);
+    metrics::counter!(t::DEDUP_EVICTED_EARLY).absolute(proc.dedup_evicted_early());
     metrics::gauge!(t::STATE_ROWS).set(shared.rows.len() as f64);
     let owned = shared.partitions.read().expect("partitions lock").len();
     metrics::gauge!(t::PARTITIONS_OWNED).set(owned as f64);
