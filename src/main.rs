@@ -269,49 +269,15 @@ async fn loadgen(
     spec: callmeter::loadgen::LoadSpec,
     rate: Option<u32>,
 ) -> anyhow::Result<()> {
-    use rdkafka::producer::FutureRecord;
     let producer = callmeter::source::kafka::bulk_producer(&config.settings.kafka)?;
     let topic = &config.settings.kafka.topic;
-    let limiter = rate
-        .and_then(std::num::NonZeroU32::new)
-        .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
-    let started = std::time::Instant::now();
-    let mut inflight = Vec::with_capacity(10_000);
-    let mut n = 0u64;
     let mut dups = 0u64;
-    for g in callmeter::loadgen::generate(&spec) {
-        if let Some(l) = &limiter {
-            l.until_ready().await;
-        }
+    let messages = callmeter::loadgen::generate(&spec).map(|g| {
         dups += g.duplicate as u64;
-        let mut rec = FutureRecord::to(topic).key(&g.tenant).payload(&g.payload);
-        let fut = loop {
-            match producer.send_result(rec) {
-                Ok(f) => break f,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    rec = r;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        };
-        inflight.push(fut);
-        n += 1;
-        if inflight.len() >= 10_000 {
-            for f in inflight.drain(..) {
-                f.await?.map_err(|(e, _)| e)?;
-            }
-        }
-    }
-    for f in inflight.drain(..) {
-        f.await?.map_err(|(e, _)| e)?;
-    }
-    let secs = started.elapsed().as_secs_f64();
+        (g.tenant, g.payload)
+    });
+    let (n, took) = callmeter::source::kafka::publish_all(&producer, topic, messages, rate).await?;
+    let secs = took.as_secs_f64();
     println!(
         "published {n} events ({dups} duplicates) for {} tenants to {topic} in {secs:.2} s ({:.0} events/s)",
         spec.tenants,

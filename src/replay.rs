@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeZone};
 use chrono_tz::Asia::Jerusalem;
@@ -173,45 +173,10 @@ pub async fn publish(
     topic: &str,
     events: &[ReplayEvent],
     rate: Option<u32>,
-) -> anyhow::Result<Duration> {
-    use rdkafka::producer::FutureRecord;
-    let limiter = rate
-        .and_then(std::num::NonZeroU32::new)
-        .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
-    let started = Instant::now();
-    let mut inflight = Vec::with_capacity(10_000);
-    for e in events {
-        if let Some(l) = &limiter {
-            l.until_ready().await;
-        }
-        let payload = e.to_json();
-        let mut rec = FutureRecord::to(topic).key(&e.tenant).payload(&payload);
-        let fut = loop {
-            match producer.send_result(rec) {
-                Ok(f) => break f,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    rec = r;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        };
-        inflight.push(fut);
-        if inflight.len() >= 10_000 {
-            for f in inflight.drain(..) {
-                f.await?.map_err(|(e, _)| e)?;
-            }
-        }
-    }
-    for f in inflight.drain(..) {
-        f.await?.map_err(|(e, _)| e)?;
-    }
-    Ok(started.elapsed())
+) -> Result<Duration, rdkafka::error::KafkaError> {
+    let messages = events.iter().map(|e| (e.tenant.clone(), e.to_json()));
+    let (_, took) = crate::source::kafka::publish_all(producer, topic, messages, rate).await?;
+    Ok(took)
 }
 
 #[cfg(test)]

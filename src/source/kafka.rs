@@ -209,3 +209,59 @@ pub fn committed_offset(
         },
     )
 }
+
+/// Publishes `(key, payload)` messages to `topic`, at most `rate` per second if given,
+/// waiting while the producer's queue is full and for every delivery (in windows of 10,000).
+/// Returns the number published and the time it took.
+///
+/// Errors: a message that cannot be enqueued or delivered (after librdkafka's retries).
+pub async fn publish_all(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: impl IntoIterator<Item = (String, String)>,
+    rate: Option<u32>,
+) -> Result<(u64, Duration), rdkafka::error::KafkaError> {
+    use rdkafka::error::KafkaError;
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::types::RDKafkaErrorCode;
+    let limiter = rate
+        .and_then(std::num::NonZeroU32::new)
+        .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+    let started = std::time::Instant::now();
+    let mut inflight = Vec::with_capacity(10_000);
+    let mut n = 0u64;
+    let settle = |f: rdkafka::producer::DeliveryFuture| async move {
+        match f.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(e),
+            Err(_) => Err(KafkaError::Canceled),
+        }
+    };
+    for (key, payload) in messages {
+        if let Some(l) = &limiter {
+            l.until_ready().await;
+        }
+        let mut rec = FutureRecord::to(topic).key(&key).payload(&payload);
+        let fut = loop {
+            match producer.send_result(rec) {
+                Ok(f) => break f,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        };
+        inflight.push(fut);
+        n += 1;
+        if inflight.len() >= 10_000 {
+            for f in inflight.drain(..) {
+                settle(f).await?;
+            }
+        }
+    }
+    for f in inflight.drain(..) {
+        settle(f).await?;
+    }
+    Ok((n, started.elapsed()))
+}
