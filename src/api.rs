@@ -422,15 +422,7 @@ pub async fn usage_body(
             alerts,
         });
     }
-    let mu: Vec<MeterUsage> = pu
-        .values
-        .iter()
-        .map(|(m, v)| MeterUsage {
-            meter: *m,
-            name: cat.meter(*m).name.to_string(),
-            usage: *v,
-        })
-        .collect();
+    let mu = MeterUsage::from_values(&cat, pu.values.iter());
     let charges = pricing::charges(&ChargeInput {
         tenant,
         period,

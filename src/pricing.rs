@@ -329,6 +329,23 @@ pub struct MeterUsage {
     pub usage: Decimal,
 }
 
+impl MeterUsage {
+    /// Usage records for meter values keyed by id, named from the catalog.
+    pub fn from_values<'a>(
+        catalog: &crate::config::Catalog,
+        values: impl IntoIterator<Item = (&'a MeterId, &'a Decimal)>,
+    ) -> Vec<MeterUsage> {
+        values
+            .into_iter()
+            .map(|(m, v)| MeterUsage {
+                meter: *m,
+                name: catalog.meter(*m).name.to_string(),
+                usage: *v,
+            })
+            .collect()
+    }
+}
+
 /// Overage charge of `usage` above `limit`: `min(cap, (usage - limit)+ x overage_rate)`,
 /// unrounded. Zero without an `overage_rate`.
 pub fn overage_charge(pm: &PlanMeter, usage: Decimal, limit: Decimal) -> Decimal {

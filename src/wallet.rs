@@ -166,14 +166,7 @@ pub fn ledger(
             let (grant, charges) = match &plan.wallet {
                 None => (Decimal::ZERO, Decimal::ZERO),
                 Some(w) => {
-                    let mu: Vec<MeterUsage> = usage
-                        .iter()
-                        .map(|(m, v)| MeterUsage {
-                            meter: *m,
-                            name: cat.meter(*m).name.to_string(),
-                            usage: *v,
-                        })
-                        .collect();
+                    let mu = MeterUsage::from_values(cat, usage.iter());
                     let c = pricing::charges(&ChargeInput {
                         tenant,
                         period,
