@@ -865,7 +865,7 @@ impl Processor {
         parts.sort_unstable();
         for p in parts {
             let ps = self.partitions.get_mut(&p).expect("listed");
-            let through = ps.position;
+            let rows_before = batch.rows.len();
             for key in ps.dirty.drain(..) {
                 let Some(mut row) = self.shared.rows.get_mut(&key) else {
                     continue;
@@ -875,6 +875,11 @@ impl Processor {
                 }
                 row.dirty = false;
                 let def = self.catalog.meter(key.meter);
+                // A restored row includes every event below its stored `through_offset`;
+                // while the partition replays below that offset nothing new is applied to
+                // it, so it is written at that offset, never lower (a lower version would
+                // lose against the stored one in `ReplacingMergeTree(through_offset)`).
+                let through = ps.position.max(row.applied_from);
                 batch.rows.push(RollupRecord {
                     tenant: self.tenants[key.tenant as usize].name.clone(),
                     meter: def.name.clone(),
@@ -887,7 +892,10 @@ impl Processor {
                     through_offset: through,
                 });
             }
-            if ps.position > ps.flushed_position || !batch.rows.is_empty() {
+            // No checkpoint (and so no offset commit) while the partition replays below its
+            // restored position: that would move the group's committed offset backwards.
+            let progressed = ps.position > ps.flushed_position || batch.rows.len() > rows_before;
+            if progressed && ps.position >= ps.replay_until {
                 batch.checkpoints.push(Checkpoint {
                     partition: p,
                     position: ps.position,
