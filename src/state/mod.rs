@@ -972,6 +972,7 @@ impl Processor {
         if closed_before.is_empty() {
             return;
         }
+        let before = self.shared.rows.len();
         self.shared.rows.retain(|k, r| {
             match closed_before.get(&k.partition) {
                 // Closed: period_end + grace < watermark.
@@ -979,9 +980,19 @@ impl Processor {
                 _ => true,
             }
         });
-        let min_open = closed_before.values().copied().min().unwrap_or(i64::MIN);
-        // Alert state of periods long closed everywhere.
-        let _ = min_open;
+        if self.shared.rows.len() == before {
+            return;
+        }
+        // Alert state of (tenant, meter, period)s whose rows are all gone: their periods are
+        // closed in every partition that had events for them, so no alert can fire again.
+        let live: rustc_hash::FxHashSet<AlertKey> = self
+            .shared
+            .rows
+            .iter()
+            .map(|e| (e.key().tenant, e.key().meter, e.key().period_start))
+            .collect();
+        self.alert_state.retain(|k, _| live.contains(k));
+        self.shared.alerts.retain(|k, _| live.contains(k));
     }
 
     /// Takes ownership of a partition being restored: nothing is consumed until

@@ -210,6 +210,40 @@ fn late_events_within_grace_count_and_later_ones_are_closed() {
 }
 
 #[test]
+fn closed_periods_free_their_rows_and_alert_state() {
+    let c = config();
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let t0 = now().timestamp_millis();
+    // October (Paris): 9 minutes cross 80% of the 10 included minutes.
+    feed(
+        &mut p,
+        0,
+        &[call("acme", "oct", "2026-10-20T10:00:00Z", 9 * 60_000)],
+        t0,
+    );
+    assert_eq!(p.take_new_alerts().len(), 1);
+    let oct = ts("2026-10-01T00:00:00+02:00");
+    let tid = p.shared.tenants.get("acme").unwrap();
+    let key = (tid, crate::meter::CALL_MINUTES, oct);
+    assert!(p.alert_state.contains_key(&key));
+    // November events move the watermark past October's end plus the 48 h grace.
+    feed(
+        &mut p,
+        1,
+        &[call("acme", "nov", "2026-11-05T10:00:00Z", 60_000)],
+        t0 + 1,
+    );
+    let b = p.snapshot();
+    p.flushed(&b.checkpoints);
+    assert_eq!(usage(&p, "acme", "call_minutes", oct), None, "row evicted");
+    assert!(!p.alert_state.contains_key(&key), "alert state evicted");
+    assert!(!p.shared.alerts.contains_key(&key));
+    let nov = ts("2026-11-01T00:00:00+01:00");
+    assert_eq!(usage(&p, "acme", "call_minutes", nov), Some(Decimal::ONE));
+}
+
+#[test]
 fn alerts_fire_once_in_order() {
     let c = config();
     let mut p = processor(&c);
