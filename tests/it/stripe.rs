@@ -115,7 +115,7 @@ fn mismatches(
 /// Ledger identifiers by their current status.
 async fn ledger(ch: &Ch, db: &str) -> BTreeMap<String, (String, String, String)> {
     ch.query(&format!(
-        "SELECT identifier, argMax(status, version), any(tenant_id), any(error_code) \
+        "SELECT identifier, argMax(status, version), any(tenant_id), argMax(error_code, version) \
          FROM {db}.stripe_reports GROUP BY identifier"
     ))
     .await
