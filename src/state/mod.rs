@@ -711,7 +711,7 @@ impl Processor {
                 source: ev.source.to_string(),
                 ty: ev.ty.to_string(),
                 time_us,
-                data: ev.data.get().to_string(),
+                data: ev.data.to_string(),
                 partition: m.partition,
                 offset: m.offset,
             });
