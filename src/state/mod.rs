@@ -25,6 +25,7 @@
 //! the checkpoint and the replayed events.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
@@ -124,6 +125,9 @@ pub struct Shared {
     pub tenant_partitions: DashMap<u32, SmallVec<[i32; 2]>, FxBuildHasher>,
     /// Tenant id -> earliest usage period start seen (one-time allowances).
     pub first_periods: DashMap<String, i64>,
+    /// Messages the consuming loop took from the source topic since start (progress, for
+    /// `callmeter bench` and tests).
+    pub consumed: AtomicU64,
 }
 
 impl Shared {
@@ -136,6 +140,7 @@ impl Shared {
             partitions: RwLock::new(Default::default()),
             tenant_partitions: DashMap::with_hasher(FxBuildHasher),
             first_periods: DashMap::new(),
+            consumed: AtomicU64::new(0),
         })
     }
 
