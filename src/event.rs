@@ -168,8 +168,8 @@ pub struct Event<'a> {
     pub ty: Cow<'a, str>,
     pub subject: Cow<'a, str>,
     pub time: DateTime<Utc>,
-    /// The raw `data` object (for configured meters' field look-ups).
-    pub data: &'a RawValue,
+    /// The raw JSON text of the `data` object (for configured meters' field look-ups).
+    pub data: &'a str,
     pub body: Body<'a>,
 }
 
@@ -246,7 +246,22 @@ fn required<'a>(
 /// `known_type` says whether a `type` is one the pipeline counts (built-in or used by a
 /// configured meter). Errors: `invalid_json`, `invalid_event`, `unsupported_type`,
 /// `invalid_data`.
+///
+/// A valid `call.completed` in the usual shape is decoded in one pass by [`fast`]; anything
+/// else, including every event that is rejected, goes through the general decoder, so the
+/// result is the same either way.
 pub fn decode<'a>(
+    payload: &'a [u8],
+    known_type: impl Fn(&str) -> bool,
+) -> Result<Event<'a>, Rejection> {
+    if let Some(ev) = fast::call_completed(payload, &known_type) {
+        return Ok(ev);
+    }
+    decode_general(payload, known_type)
+}
+
+/// The general decoder: serde_json into the envelope, then the typed `data`.
+fn decode_general<'a>(
     payload: &'a [u8],
     known_type: impl Fn(&str) -> bool,
 ) -> Result<Event<'a>, Rejection> {
@@ -339,7 +354,7 @@ pub fn decode<'a>(
         ty,
         subject,
         time,
-        data,
+        data: data.get(),
         body,
     })
 }
@@ -572,15 +587,18 @@ fn decode_topup(data: &RawValue) -> Result<WalletTopUp<'_>, Rejection> {
     })
 }
 
-/// Looks up a (dotted) field in a JSON object, returning its raw JSON text.
-pub fn lookup<'a>(data: &'a RawValue, path: &[String]) -> Option<&'a RawValue> {
-    let mut cur = data;
+/// Looks up a (dotted) field in a JSON object (its raw text), returning its raw JSON text.
+pub fn lookup<'a>(data: &'a str, path: &[String]) -> Option<&'a RawValue> {
+    let mut text = data;
+    let mut found = None;
     for seg in path {
         let map: std::collections::HashMap<Cow<'a, str>, &'a RawValue> =
-            serde_json::from_str(cur.get()).ok()?;
-        cur = map.get(seg.as_str()).copied()?;
+            serde_json::from_str(text).ok()?;
+        let v = map.get(seg.as_str()).copied()?;
+        text = v.get();
+        found = Some(v);
     }
-    Some(cur)
+    found
 }
 
 /// A JSON value as an exact decimal: a number literal (no exponent) or a decimal string.
@@ -595,6 +613,284 @@ pub fn raw_decimal(v: &RawValue) -> Result<Decimal, String> {
         return Err(format!("`{t}` uses an exponent; send a decimal"));
     }
     Decimal::from_str(t).map_err(|_| format!("`{}` is not a number", truncate(t)))
+}
+
+/// One-pass decoding of the common case: a valid `call.completed` whose attributes and data
+/// fields are the known ones, each once, with strings that need no unescaping.
+///
+/// It returns `None` for anything else (unknown or repeated keys, escapes, other types,
+/// every invalid value) and [`decode`] then runs the general decoder, which accepts or
+/// rejects with the usual code and message. So this path only decides *how fast* a valid
+/// event is decoded, never *whether* it is valid; the tests check that both paths agree.
+mod fast {
+    use std::borrow::Cow;
+
+    use chrono::{DateTime, Utc};
+    use rust_decimal::Decimal;
+
+    use super::{
+        Body, CALL_COMPLETED, CallCompleted, Direction, Event, HandledBy, MAX_DURATION_MS, Money,
+        parse_decimal_str, valid_subject,
+    };
+
+    struct Cursor<'a> {
+        text: &'a str,
+        at: usize,
+    }
+
+    impl<'a> Cursor<'a> {
+        fn bytes(&self) -> &'a [u8] {
+            self.text.as_bytes()
+        }
+
+        /// Skips JSON whitespace and returns the next byte.
+        fn peek(&mut self) -> Option<u8> {
+            let b = self.bytes();
+            while let Some(c) = b.get(self.at) {
+                if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                    return Some(*c);
+                }
+                self.at += 1;
+            }
+            None
+        }
+
+        fn eat(&mut self, c: u8) -> Option<()> {
+            (self.peek()? == c).then(|| self.at += 1)
+        }
+
+        /// A string without escapes or control characters, borrowed.
+        fn string(&mut self) -> Option<&'a str> {
+            self.eat(b'"')?;
+            let start = self.at;
+            let b = self.bytes();
+            loop {
+                match *b.get(self.at)? {
+                    b'"' => break,
+                    b'\\' | 0..=0x1f => return None,
+                    _ => self.at += 1,
+                }
+            }
+            let s = &self.text[start..self.at];
+            self.at += 1;
+            Some(s)
+        }
+
+        /// A non-negative integer literal (`0` or no leading zero), as text.
+        fn integer(&mut self) -> Option<&'a str> {
+            self.peek()?;
+            let start = self.at;
+            let b = self.bytes();
+            while b.get(self.at).is_some_and(u8::is_ascii_digit) {
+                self.at += 1;
+            }
+            let digits = &self.text[start..self.at];
+            if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+                return None;
+            }
+            Some(digits)
+        }
+
+        fn null(&mut self) -> Option<()> {
+            self.peek()?;
+            if self.text[self.at..].starts_with("null") {
+                self.at += 4;
+                Some(())
+            } else {
+                None
+            }
+        }
+
+        /// After a member: `true` if another follows, `false` at the closing brace.
+        fn next_member(&mut self) -> Option<bool> {
+            match self.peek()? {
+                b',' => {
+                    self.at += 1;
+                    Some(true)
+                }
+                b'}' => {
+                    self.at += 1;
+                    Some(false)
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// Sets a field seen once; a repeated key gives up.
+    fn once<T>(slot: &mut Option<T>, v: T) -> Option<()> {
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(v);
+        Some(())
+    }
+
+    /// `Some(None)` for `null`, `Some(Some(s))` for a string.
+    fn string_or_null<'a>(c: &mut Cursor<'a>) -> Option<Option<&'a str>> {
+        if c.peek()? == b'n' {
+            c.null()?;
+            Some(None)
+        } else {
+            c.string().map(Some)
+        }
+    }
+
+    #[derive(Default)]
+    struct Data<'a> {
+        call_id: Option<&'a str>,
+        duration_ms: Option<&'a str>,
+        direction: Option<&'a str>,
+        handled_by: Option<Option<&'a str>>,
+        /// `Some(None)`: `null`; `Some(Some((amount, currency)))`: an object.
+        revenue: Option<Option<(&'a str, &'a str)>>,
+    }
+
+    fn revenue<'a>(c: &mut Cursor<'a>) -> Option<Option<(&'a str, &'a str)>> {
+        if c.peek()? == b'n' {
+            c.null()?;
+            return Some(None);
+        }
+        c.eat(b'{')?;
+        let (mut amount, mut currency) = (None, None);
+        loop {
+            let key = c.string()?;
+            c.eat(b':')?;
+            match key {
+                "amount" => once(&mut amount, c.string()?)?,
+                "currency" => once(&mut currency, c.string()?)?,
+                _ => return None,
+            }
+            if !c.next_member()? {
+                break;
+            }
+        }
+        Some(Some((amount?, currency?)))
+    }
+
+    /// The `data` object; returns its fields and raw text.
+    fn data<'a>(c: &mut Cursor<'a>) -> Option<(Data<'a>, &'a str)> {
+        c.eat(b'{')?;
+        let start = c.at - 1;
+        let mut d = Data::default();
+        loop {
+            let key = c.string()?;
+            c.eat(b':')?;
+            match key {
+                "call_id" => once(&mut d.call_id, c.string()?)?,
+                "duration_ms" => once(&mut d.duration_ms, c.integer()?)?,
+                "direction" => once(&mut d.direction, c.string()?)?,
+                "handled_by" => once(&mut d.handled_by, string_or_null(c)?)?,
+                "revenue" => once(&mut d.revenue, revenue(c)?)?,
+                _ => return None,
+            }
+            if !c.next_member()? {
+                break;
+            }
+        }
+        Some((d, &c.text[start..c.at]))
+    }
+
+    fn chars_within(s: &str, max: usize) -> bool {
+        !s.is_empty() && (s.len() <= max || s.chars().count() <= max)
+    }
+
+    /// See the module docs.
+    pub(super) fn call_completed<'a>(
+        payload: &'a [u8],
+        known_type: &impl Fn(&str) -> bool,
+    ) -> Option<Event<'a>> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut c = Cursor { text, at: 0 };
+        c.eat(b'{')?;
+        let (mut specversion, mut id, mut source, mut ty, mut subject, mut time, mut dct) =
+            (None, None, None, None, None, None, None);
+        let mut data_field = None;
+        loop {
+            let key = c.string()?;
+            c.eat(b':')?;
+            match key {
+                "specversion" => once(&mut specversion, c.string()?)?,
+                "id" => once(&mut id, c.string()?)?,
+                "source" => once(&mut source, c.string()?)?,
+                "type" => once(&mut ty, c.string()?)?,
+                "subject" => once(&mut subject, c.string()?)?,
+                "time" => once(&mut time, c.string()?)?,
+                "datacontenttype" => once(&mut dct, c.string()?)?,
+                "data" => once(&mut data_field, data(&mut c)?)?,
+                _ => return None,
+            }
+            if !c.next_member()? {
+                break;
+            }
+        }
+        if c.peek().is_some() {
+            return None;
+        }
+        // The general decoder's checks, in any order: all must pass.
+        let (id, source, ty, subject) = (id?, source?, ty?, subject?);
+        if specversion? != "1.0"
+            || !chars_within(id, 128)
+            || !chars_within(source, 256)
+            || ty != CALL_COMPLETED
+            || !valid_subject(subject)
+            || dct.is_some_and(|ct| !ct.contains("json"))
+            || !known_type(ty)
+        {
+            return None;
+        }
+        let time = DateTime::parse_from_rfc3339(time?)
+            .ok()?
+            .with_timezone(&Utc);
+        let (d, raw) = data_field?;
+        let call_id = d.call_id.filter(|s| !s.is_empty())?;
+        let duration_ms = d
+            .duration_ms?
+            .parse::<u64>()
+            .ok()
+            .filter(|v| *v <= MAX_DURATION_MS)?;
+        let direction = match d.direction? {
+            "inbound" => Direction::Inbound,
+            "outbound" => Direction::Outbound,
+            _ => return None,
+        };
+        let handled_by = match d.handled_by.flatten() {
+            None | Some("ai") => HandledBy::Ai,
+            Some("human") => HandledBy::Human,
+            Some(_) => return None,
+        };
+        let revenue = match d.revenue.flatten() {
+            None => None,
+            Some((amount, currency)) => {
+                let amount = parse_decimal_str(amount).ok()?;
+                if amount < Decimal::ZERO
+                    || currency.len() != 3
+                    || !currency.bytes().all(|b| b.is_ascii_uppercase())
+                {
+                    return None;
+                }
+                Some(Money {
+                    amount,
+                    currency: Cow::Borrowed(currency),
+                })
+            }
+        };
+        Some(Event {
+            id: Cow::Borrowed(id),
+            source: Cow::Borrowed(source),
+            ty: Cow::Borrowed(ty),
+            subject: Cow::Borrowed(subject),
+            time,
+            data: raw,
+            body: Body::Call(CallCompleted {
+                call_id: Cow::Borrowed(call_id),
+                duration_ms,
+                direction,
+                handled_by,
+                revenue,
+            }),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -759,6 +1055,128 @@ mod tests {
             assert!(parse_decimal_str(bad).is_err(), "{bad}");
         }
         assert!(parse_decimal_str(&"9".repeat(40)).is_err());
+    }
+
+    const KNOWN: [&str; 3] = [CALL_COMPLETED, REVENUE_RECORDED, WALLET_TOPPED_UP];
+
+    /// The one-pass decoder accepts only what the general decoder accepts, with the same
+    /// result.
+    fn agrees(payload: &[u8]) -> bool {
+        let known = |t: &str| KNOWN.contains(&t);
+        let general = decode_general(payload, known);
+        match fast::call_completed(payload, &known) {
+            Some(f) => {
+                let g = general.unwrap_or_else(|r| {
+                    panic!(
+                        "fast path accepted what the general decoder rejects ({r}): {}",
+                        String::from_utf8_lossy(payload)
+                    )
+                });
+                assert_eq!(format!("{f:?}"), format!("{g:?}"));
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_the_usual_events_and_agrees() {
+        let spec = crate::loadgen::LoadSpec {
+            events: 2_000,
+            tenants: 50,
+            ..Default::default()
+        };
+        for g in crate::loadgen::generate(&spec) {
+            assert!(agrees(g.payload.as_bytes()), "{}", g.payload);
+        }
+        for p in [
+            call(r#"{"call_id":"c1","duration_ms":90000,"direction":"inbound"}"#),
+            call(
+                r#"{"call_id":"c1","duration_ms":0,"direction":"outbound","handled_by":null,"revenue":null}"#,
+            ),
+            call(
+                r#" { "revenue" : { "currency" : "EUR" , "amount" : "0.000001" } , "direction":"inbound","duration_ms":86400000,"call_id":"é"}"#,
+            ),
+            format!(
+                " \n{}\t ",
+                call(
+                    r#"{"call_id":"c","duration_ms":1,"direction":"inbound","handled_by":"human"}"#
+                )
+            ),
+        ] {
+            assert!(agrees(p.as_bytes()), "{p}");
+        }
+    }
+
+    #[test]
+    fn fast_path_leaves_the_rest_to_the_general_decoder() {
+        let ok = call(r#"{"call_id":"c1","duration_ms":90000,"direction":"inbound"}"#);
+        for p in [
+            // Valid, but not the usual shape: escapes, extension attributes, extra data.
+            ok.replace("\"e1\"", "\"e\\u00e91\""),
+            ok.replace("\"source\"", "\"ext\":1,\"source\""),
+            ok.replace("\"inbound\"", "\"inbound\",\"agent\":\"x\""),
+            // Invalid in every way the general decoder knows.
+            ok.replace("\"1.0\"", "\"0.3\""),
+            ok.replace("\"id\":\"e1\",", "\"id\":\"e1\",\"id\":\"e2\","),
+            ok.replace("\"acme\"", "\"ac me\""),
+            ok.replace("90000", "090000"),
+            ok.replace("90000", "90000.0"),
+            ok.replace("90000", "86400001"),
+            ok.replace("90000", "99999999999999999999999"),
+            ok.replace("inbound", "sideways"),
+            ok.replace("2026-11-20T10:00:00+01:00", "2026-11-20T10:00:00"),
+            ok.replace("\"call_id\":\"c1\"", "\"call_id\":\"\""),
+            ok.replace("call.completed", "call.started"),
+            ok.replace("}}", "}} x"),
+            ok.replace("}}", "}"),
+            format!("{ok}{ok}"),
+            call(
+                r#"{"call_id":"c","duration_ms":1,"direction":"inbound","revenue":{"amount":"-1","currency":"EUR"}}"#,
+            ),
+            call(
+                r#"{"call_id":"c","duration_ms":1,"direction":"inbound","revenue":{"amount":"1","currency":"eur"}}"#,
+            ),
+            call(
+                r#"{"call_id":"c","duration_ms":1,"direction":"inbound","revenue":{"amount":"1.1234567","currency":"EUR"}}"#,
+            ),
+            call(r#"{"call_id":"c","duration_ms":1,"direction":"inbound","revenue":{}}"#),
+            call("{}"),
+            String::new(),
+        ] {
+            assert!(!agrees(p.as_bytes()), "{p}");
+        }
+        let mut bad_utf8 = ok.clone().into_bytes();
+        let i = bad_utf8.iter().position(|b| *b == b'c').unwrap();
+        bad_utf8[i] = 0xff;
+        assert!(!agrees(&bad_utf8));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_path_never_accepts_what_the_general_decoder_rejects(
+            edits in proptest::collection::vec((0usize..400, 0u8..=255, 0u8..3), 1..4),
+            revenue in proptest::bool::ANY,
+        ) {
+            let data = if revenue {
+                r#"{"call_id":"c1","duration_ms":90000,"direction":"inbound","handled_by":"ai","revenue":{"amount":"12.50","currency":"EUR"}}"#
+            } else {
+                r#"{"call_id":"c1","duration_ms":90000,"direction":"inbound","handled_by":"human"}"#
+            };
+            let mut p = call(data).into_bytes();
+            for (at, byte, op) in edits {
+                let at = at % (p.len() + 1);
+                match op {
+                    0 if at < p.len() => p[at] = byte,
+                    1 => p.insert(at, byte),
+                    _ if at < p.len() => {
+                        p.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            agrees(&p);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod benchrun;
 pub mod config;
 pub mod event;
 pub mod gauges;

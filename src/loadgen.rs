@@ -28,6 +28,10 @@ pub struct LoadSpec {
     pub currency: String,
     /// Tenant id prefix.
     pub tenant_prefix: String,
+    /// Tenant popularity: 1.0 picks tenants uniformly; k > 1 picks tenant
+    /// `floor(T x u^k)` for uniform `u`, so low-numbered tenants are busier (a few large
+    /// customers, a long tail of small ones) and cross their thresholds at different times.
+    pub tenant_skew: f64,
 }
 
 impl Default for LoadSpec {
@@ -43,6 +47,7 @@ impl Default for LoadSpec {
             disorder_ms: 60_000,
             currency: "USD".into(),
             tenant_prefix: "t".into(),
+            tenant_skew: 1.0,
         }
     }
 }
@@ -108,10 +113,14 @@ pub fn generate(spec: &LoadSpec) -> impl Iterator<Item = Generated> + '_ {
             return Some(d);
         }
         let seq = n;
-        let tenant = tenant_id(
-            &spec.tenant_prefix,
-            rng.random_range(0..spec.tenants.max(1)),
-        );
+        let tenants = spec.tenants.max(1);
+        let pick = if spec.tenant_skew == 1.0 {
+            rng.random_range(0..tenants)
+        } else {
+            let u: f64 = rng.random();
+            ((tenants as f64 * u.powf(spec.tenant_skew)) as u32).min(tenants - 1)
+        };
+        let tenant = tenant_id(&spec.tenant_prefix, pick);
         let mut time = spec.start + ChronoDuration::milliseconds(spec.step_ms * seq as i64);
         if rng.random_bool(spec.disorder_rate.clamp(0.0, 1.0)) {
             time -= ChronoDuration::milliseconds(rng.random_range(0..spec.disorder_ms.max(1)));
@@ -174,5 +183,27 @@ mod tests {
         })
         .collect();
         assert_ne!(a, other);
+    }
+
+    #[test]
+    fn skew_favours_low_numbered_tenants() {
+        let spec = LoadSpec {
+            events: 10_000,
+            tenants: 1_000,
+            tenant_skew: 2.0,
+            ..Default::default()
+        };
+        let head = generate(&spec)
+            .filter(|g| g.tenant.as_str() < "t00100")
+            .count();
+        // u^2 < 0.1 for u < 0.316: about 32% of events go to the first 10% of tenants.
+        assert!((2_800..3_600).contains(&head), "{head}");
+        let uniform = generate(&LoadSpec {
+            tenant_skew: 1.0,
+            ..spec.clone()
+        })
+        .filter(|g| g.tenant.as_str() < "t00100")
+        .count();
+        assert!((800..1_200).contains(&uniform), "{uniform}");
     }
 }

@@ -647,6 +647,9 @@ pub fn run(
             continue;
         }
         counters.consumed += 1;
+        shared
+            .consumed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ts = msg.timestamp().to_millis();
         let m = InMessage {
             partition: msg.partition(),
