@@ -733,11 +733,10 @@ fn delivery_floor(
     lat.sort_by(|a, b| a.total_cmp(b));
     table.add(
         format!(
-            "floor: plain consumer received {} of {n} events produced at {}/s",
-            thousands(got.len() as f64),
+            "floor: events received by a plain consumer, at {}/s",
             thousands(o.rate as f64)
         ),
-        "",
+        format!("{} of {}", thousands(got.len() as f64), thousands(n as f64)),
         "",
     );
     table.add(
