@@ -47,33 +47,62 @@ pub enum Phase {
 }
 
 /// `callmeter bench` options (see `callmeter bench --help`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// Phases to run (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "memory,throughput,latency,flush"
+    )]
     pub phases: Vec<Phase>,
-    /// Events pre-produced for the throughput comparison.
+    /// Events pre-produced for the raw-vs-pipeline comparison.
+    #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Tenants of the pre-produced events.
+    #[arg(long, default_value_t = 10_000)]
     pub tenants: u32,
+    /// Partitions of the bench topics.
+    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// Production rate (events/s) of the latency run.
+    /// Events per second produced during the alert-latency run.
+    #[arg(long, default_value_t = 50_000)]
     pub rate: u32,
+    /// Length of the alert-latency run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub latency_duration: Duration,
-    /// Alerts of events produced in the first part of the run are left out of the
-    /// statistics (connections and topic metadata are still being set up); their maximum
-    /// is reported apart.
+    /// Alerts of events produced in this first part of the latency run are reported
+    /// apart (connections and metadata warm up).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub latency_warmup: Duration,
-    /// Default: 20 x `rate`, so that threshold crossings spread over the run.
+    /// Tenants of the alert-latency run (default: 20 x rate, so that threshold
+    /// crossings spread over the run).
+    #[arg(long)]
     pub latency_tenants: Option<u32>,
+    /// Tenant popularity skew of the alert-latency run (1 = uniform; see loadgen).
+    #[arg(long, default_value_t = 2.0)]
     pub latency_skew: f64,
+    /// Dirty rows written per timed flush.
+    #[arg(long, default_value_t = 100_000)]
     pub flush_rows: usize,
+    /// Timed flushes.
+    #[arg(long, default_value_t = 5)]
     pub flush_repeats: usize,
+    /// Tenants held in memory for the state-size measurement.
+    #[arg(long, default_value_t = 100_000)]
     pub memory_tenants: u32,
-    /// Arrival rate (events/s) at which the dedup window is sized.
+    /// Arrival rate (events/s) at which the dedup window's memory is reported.
+    #[arg(long, default_value_t = 20_000)]
     pub dedup_rate: u32,
-    /// Dedup entries actually created to measure their size.
+    /// Dedup entries created to measure their size.
+    #[arg(long, default_value_t = 2_000_000)]
     pub dedup_sample: u64,
-    /// Keep the bench databases (default: dropped at the end).
+    /// Keep the bench databases in ClickHouse (default: dropped at the end).
+    #[arg(long)]
     pub keep: bool,
-    /// Write every alert's latency to this CSV file (`sent_ms,latency_ms,event_id`).
+    /// Write every alert's latency to this CSV file (sent_ms,latency_ms,event_id).
+    #[arg(long)]
     pub latency_csv: Option<std::path::PathBuf>,
 }
 

@@ -95,61 +95,8 @@ enum Command {
     Bench {
         #[arg(long)]
         config: PathBuf,
-        /// Phases to run (comma-separated).
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "memory,throughput,latency,flush"
-        )]
-        phases: Vec<callmeter::benchrun::Phase>,
-        /// Events pre-produced for the raw-vs-pipeline comparison.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Tenants of the pre-produced events.
-        #[arg(long, default_value_t = 10_000)]
-        tenants: u32,
-        /// Partitions of the bench topics.
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        /// Events per second produced during the alert-latency run.
-        #[arg(long, default_value_t = 50_000)]
-        rate: u32,
-        /// Length of the alert-latency run.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        latency_duration: std::time::Duration,
-        /// Alerts of events produced in this first part of the latency run are reported
-        /// apart (connections and metadata warm up).
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        latency_warmup: std::time::Duration,
-        /// Tenants of the alert-latency run (default: 20 x rate, so that threshold
-        /// crossings spread over the run).
-        #[arg(long)]
-        latency_tenants: Option<u32>,
-        /// Tenant popularity skew of the alert-latency run (1 = uniform; see loadgen).
-        #[arg(long, default_value_t = 2.0)]
-        latency_skew: f64,
-        /// Dirty rows written per timed flush.
-        #[arg(long, default_value_t = 100_000)]
-        flush_rows: usize,
-        /// Timed flushes.
-        #[arg(long, default_value_t = 5)]
-        flush_repeats: usize,
-        /// Tenants held in memory for the state-size measurement.
-        #[arg(long, default_value_t = 100_000)]
-        memory_tenants: u32,
-        /// Arrival rate (events/s) at which the dedup window's memory is reported.
-        #[arg(long, default_value_t = 20_000)]
-        dedup_rate: u32,
-        /// Dedup entries created to measure their size.
-        #[arg(long, default_value_t = 2_000_000)]
-        dedup_sample: u64,
-        /// Keep the bench databases in ClickHouse (default: dropped at the end).
-        #[arg(long)]
-        keep: bool,
-        /// Write every alert's latency to this CSV file (sent_ms,latency_ms,event_id).
-        #[arg(long)]
-        latency_csv: Option<PathBuf>,
+        #[command(flatten)]
+        options: callmeter::benchrun::Options,
     },
 }
 
@@ -203,46 +150,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Bench {
-            phases,
-            events,
-            tenants,
-            partitions,
-            rate,
-            latency_duration,
-            latency_warmup,
-            latency_tenants,
-            latency_skew,
-            flush_rows,
-            flush_repeats,
-            memory_tenants,
-            dedup_rate,
-            dedup_sample,
-            keep,
-            latency_csv,
-            ..
-        } => callmeter::benchrun::run(
-            &rt,
-            &config,
-            &callmeter::benchrun::Options {
-                phases,
-                events,
-                tenants,
-                partitions,
-                rate,
-                latency_duration,
-                latency_warmup,
-                latency_tenants,
-                latency_skew,
-                flush_rows,
-                flush_repeats,
-                memory_tenants,
-                dedup_rate,
-                dedup_sample,
-                keep,
-                latency_csv,
-            },
-        ),
+        Command::Bench { options, .. } => callmeter::benchrun::run(&rt, &config, &options),
         Command::Run { .. } => run(&rt, config, config_path),
         Command::Migrate { .. } => rt.block_on(migrate(&config)),
         Command::CheckConfig { .. } => {
