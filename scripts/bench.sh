@@ -22,41 +22,8 @@ echo "bench: building callmeter"
 cargo build --release --quiet --bin callmeter
 BIN=$ROOT/target/release/callmeter
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CH_PORT=$(free_port); KAFKA_PORT=$(free_port)
-
-rm -rf "$BENCH"; mkdir -p "$BENCH/clickhouse/tmp" "$BENCH/tansu"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-echo "bench: starting ClickHouse on 127.0.0.1:$CH_PORT"
-clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
-  --path="$BENCH/clickhouse/" --tmp_path="$BENCH/clickhouse/tmp/" --http_port="$CH_PORT" \
-  --tcp_port="$(free_port)" --interserver_http_port="$(free_port)" \
-  --logger.log="$BENCH/clickhouse/log" --logger.errorlog="$BENCH/clickhouse/err" \
-  >/dev/null 2>&1 &
-pids+=($!)
-case "$ENGINE" in
-  memory) STORAGE=memory://tansu/ ;;
-  sqlite) STORAGE=sqlite://tansu.db ;;
-  *) echo "bench: BENCH_ENGINE must be memory or sqlite" >&2; exit 2 ;;
-esac
-echo "bench: starting tansu ($ENGINE engine) on 127.0.0.1:$KAFKA_PORT"
-(cd "$BENCH/tansu" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "$STORAGE" \
-  >"$BENCH/tansu/log" 2>&1) &
-pids+=($!)
-
-for _ in $(seq 1 150); do
-  curl -sf "http://127.0.0.1:$CH_PORT/?query=SELECT%201" >/dev/null 2>&1 && break; sleep 0.2
-done
-for _ in $(seq 1 150); do
-  (echo > "/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.2
-done
+. scripts/local-servers.sh
+start_local_servers "$BENCH" "$ENGINE" bench
 
 export CALLMETER_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
 export CALLMETER_CLICKHOUSE__URL="http://127.0.0.1:$CH_PORT"

@@ -20,29 +20,9 @@ echo "demo: building callmeter"
 cargo build --release --quiet
 BIN=$ROOT/target/release/callmeter
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CH_PORT=$(free_port); KAFKA_PORT=$(free_port); API_PORT=$(free_port); STRIPE_PORT=$(free_port)
-
-rm -rf "$DEMO"; mkdir -p "$DEMO/clickhouse/tmp" "$DEMO/tansu"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-echo "demo: starting ClickHouse on 127.0.0.1:$CH_PORT"
-clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
-  --path="$DEMO/clickhouse/" --tmp_path="$DEMO/clickhouse/tmp/" --http_port="$CH_PORT" \
-  --tcp_port="$(free_port)" --interserver_http_port="$(free_port)" \
-  --logger.log="$DEMO/clickhouse/log" --logger.errorlog="$DEMO/clickhouse/err" \
-  >/dev/null 2>&1 &
-pids+=($!)
-echo "demo: starting tansu on 127.0.0.1:$KAFKA_PORT"
-(cd "$DEMO/tansu" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://tansu.db \
-  >"$DEMO/tansu/log" 2>&1) &
-pids+=($!)
+. scripts/local-servers.sh
+start_local_servers "$DEMO" sqlite demo
+API_PORT=$(free_port); STRIPE_PORT=$(free_port)
 
 # Stripe is unreachable from here: usage goes to the Stripe test server (a test double),
 # whose clock, like the reporter's (stripe.clock), reads early March 1999, with a few
@@ -52,13 +32,6 @@ echo "demo: starting the Stripe test server on 127.0.0.1:$STRIPE_PORT"
   --clock 1999-03-03T00:00:00+02:00 --fault-429 0.1 --fault-500 0.1 --fault-drop 0.1 \
   >"$DEMO/stripe-test-server.log" 2>&1 &
 pids+=($!)
-
-for _ in $(seq 1 150); do
-  curl -sf "http://127.0.0.1:$CH_PORT/?query=SELECT%201" >/dev/null 2>&1 && break; sleep 0.2
-done
-for _ in $(seq 1 150); do
-  (echo > "/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.2
-done
 
 for t in call-events:4 call-events.dlq:1 usage-alerts:1; do
   tansu topic create "${t%%:*}" --partitions "${t##*:}" --config retention.ms=-1 \
