@@ -512,6 +512,29 @@ async fn stored_calls(ch: &ClickHouse, topic: &str) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// A phase's fresh names, its configuration and ClickHouse client: topics created (when
+/// `partitions` is given) and the database migrated (and listed for dropping at the end).
+fn set_up(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    run: &str,
+    phase: &str,
+    partitions: Option<i32>,
+    databases: &mut Vec<String>,
+) -> anyhow::Result<(Names, Config, ClickHouse)> {
+    let names = Names::new(config, run, phase);
+    let c = names.config(config);
+    let ch = ClickHouse::new(&c.settings.clickhouse);
+    rt.block_on(async {
+        if let Some(p) = partitions {
+            names.create(&c.settings.kafka, p).await?;
+        }
+        databases.push(names.database.clone());
+        ch.migrate().await.context("migrating the bench database")
+    })?;
+    Ok((names, c, ch))
+}
+
 fn throughput(
     rt: &tokio::runtime::Runtime,
     config: &Config,
@@ -520,16 +543,8 @@ fn throughput(
     table: &mut Table,
     databases: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let names = Names::new(config, run, "throughput");
-    let c = names.config(config);
+    let (names, c, ch) = set_up(rt, config, run, "throughput", Some(o.partitions), databases)?;
     let ks = &c.settings.kafka;
-    let ch = ClickHouse::new(&c.settings.clickhouse);
-    rt.block_on(async {
-        names.create(ks, o.partitions).await?;
-        databases.push(names.database.clone());
-        ch.migrate().await.context("migrating the bench database")?;
-        anyhow::Ok(())
-    })?;
     println!(
         "throughput: producing {} events for {} tenants to {} ({} partitions)",
         o.events, o.tenants, names.topic, o.partitions
@@ -838,16 +853,8 @@ fn latency(
     table: &mut Table,
     databases: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let names = Names::new(config, run, "latency");
-    let c = names.config(config);
+    let (names, c, _) = set_up(rt, config, run, "latency", Some(o.partitions), databases)?;
     let ks = c.settings.kafka.clone();
-    let ch = ClickHouse::new(&c.settings.clickhouse);
-    rt.block_on(async {
-        names.create(&ks, o.partitions).await?;
-        databases.push(names.database.clone());
-        ch.migrate().await.context("migrating the bench database")?;
-        anyhow::Ok(())
-    })?;
     let events = o.rate as u64 * o.latency_duration.as_secs().max(1);
     let tenants = o.latency_tenants.unwrap_or(o.rate.saturating_mul(20));
     let spec = LoadSpec {
@@ -1021,13 +1028,7 @@ fn flush(
     table: &mut Table,
     databases: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let names = Names::new(config, run, "flush");
-    let c = names.config(config);
-    let ch = ClickHouse::new(&c.settings.clickhouse);
-    rt.block_on(async {
-        databases.push(names.database.clone());
-        ch.migrate().await.context("migrating the bench database")
-    })?;
+    let (names, c, ch) = set_up(rt, config, run, "flush", None, databases)?;
     let tenants = o.flush_rows.div_ceil(2) as u32;
     println!(
         "flush: {} dirty rows ({} tenants x 2 meters) to ClickHouse, {} times",
