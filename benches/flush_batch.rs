@@ -26,7 +26,7 @@ fn dirty_processor(rows: usize) -> Processor {
     let time = (Utc::now() - ChronoDuration::hours(1)).to_rfc3339_opts(SecondsFormat::Millis, true);
     let ts = Utc::now().timestamp_millis();
     for i in 0..rows / 2 {
-        let tenant = callmeter::loadgen::tenant_id("t", i as u32);
+        let tenant = callmeter::cli::loadgen::tenant_id("t", i as u32);
         let payload = format!(
             r#"{{"specversion":"1.0","id":"fb-{i}","source":"bench/eu-1","type":"call.completed","subject":"{tenant}","time":"{time}","datacontenttype":"application/json","data":{{"call_id":"fb-{i}","duration_ms":{d},"direction":"inbound","handled_by":"ai"}}}}"#,
             d = 1_000 + (i % 600) * 1_000,

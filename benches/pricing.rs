@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rust_decimal::Decimal;
 
-use callmeter::config::{Catalog, Config};
+use callmeter::catalog::Catalog;
+use callmeter::config::Config;
 use callmeter::pricing::{ChargeInput, MeterUsage, Tenant, charges, entitlement};
 
 const EXAMPLES: &[(&str, &str)] = &[

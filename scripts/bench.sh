@@ -19,7 +19,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh
 echo "bench: building callmeter"
-cargo build --release --quiet --bin callmeter
+cargo build --release --quiet --features bench,testkit --bin callmeter
 BIN=$ROOT/target/release/callmeter
 
 . scripts/local-servers.sh

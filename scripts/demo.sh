@@ -16,8 +16,8 @@ DEMO=$ROOT/.demo
 export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh
-echo "demo: building callmeter"
-cargo build --release --quiet
+echo "demo: building callmeter and the Stripe test server"
+cargo build --release --quiet --features bench,testkit
 BIN=$ROOT/target/release/callmeter
 
 . scripts/local-servers.sh

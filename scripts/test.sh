@@ -6,9 +6,12 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# The features turn on `callmeter bench` (bench) and the Stripe test double (testkit), which
+# the integration tests use; the production build (no features) is linted too.
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
-cargo test --release --all-targets
+cargo clippy --release --all-targets --all-features -- -D warnings
+cargo test --release --all-targets --all-features
 if [ -d prometheus/tests ]; then
   for t in prometheus/tests/*.yml; do promtool test rules "$t"; done
 fi

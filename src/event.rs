@@ -1081,12 +1081,12 @@ mod tests {
 
     #[test]
     fn fast_path_takes_the_usual_events_and_agrees() {
-        let spec = crate::loadgen::LoadSpec {
+        let spec = crate::cli::loadgen::LoadSpec {
             events: 2_000,
             tenants: 50,
             ..Default::default()
         };
-        for g in crate::loadgen::generate(&spec) {
+        for g in crate::cli::loadgen::generate(&spec) {
             assert!(agrees(g.payload.as_bytes()), "{}", g.payload);
         }
         for p in [

@@ -34,7 +34,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Catalog;
+use crate::catalog::Catalog;
 use crate::meter::MeterId;
 use crate::pricing::overage_charge;
 use crate::state::Shared;

@@ -6,18 +6,15 @@
 
 pub mod alerts;
 pub mod api;
-pub mod benchrun;
+pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod gauges;
-pub mod loadgen;
 pub mod meter;
 pub mod period;
 pub mod pipeline;
 pub mod pricing;
-pub mod reconcile;
-pub mod replay;
-pub mod report;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -1,4 +1,5 @@
-//! The `callmeter` command line (CONTRACT section 7): wiring and shutdown only.
+//! The `callmeter` command line (CONTRACT section 7): the clap definitions and the dispatch
+//! to `callmeter::cli` (every subcommand but `run`), and the `run` lifecycle.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -91,13 +92,31 @@ enum Command {
     },
     /// Measure end to end against the configured broker and ClickHouse (fresh topics,
     /// groups and databases): raw consumption vs the pipeline, alert latency under load,
-    /// state memory, flush time. See BENCHMARKS.md.
+    /// state memory, flush time. See BENCHMARKS.md. Built with the cargo feature `bench`.
+    #[cfg(feature = "bench")]
     Bench {
         #[arg(long)]
         config: PathBuf,
         #[command(flatten)]
-        options: callmeter::benchrun::Options,
+        options: callmeter::cli::bench::Options,
     },
+}
+
+impl Command {
+    /// The `--config` every subcommand takes.
+    fn config(&self) -> &Path {
+        match self {
+            Command::Run { config }
+            | Command::Migrate { config }
+            | Command::CheckConfig { config }
+            | Command::Replay { config, .. }
+            | Command::Report { config }
+            | Command::Reconcile { config, .. }
+            | Command::Loadgen { config, .. } => config,
+            #[cfg(feature = "bench")]
+            Command::Bench { config, .. } => config,
+        }
+    }
 }
 
 fn init_tracing() {
@@ -116,16 +135,7 @@ fn load(path: &Path) -> Result<Config, ConfigError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let config_path = match &cli.command {
-        Command::Run { config }
-        | Command::Migrate { config }
-        | Command::CheckConfig { config }
-        | Command::Replay { config, .. }
-        | Command::Report { config }
-        | Command::Reconcile { config, .. }
-        | Command::Loadgen { config, .. }
-        | Command::Bench { config, .. } => config.clone(),
-    };
+    let config_path = cli.command.config().to_path_buf();
     let config = match load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -150,25 +160,21 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Bench { options, .. } => callmeter::benchrun::run(&rt, &config, &options),
+        #[cfg(feature = "bench")]
+        Command::Bench { options, .. } => callmeter::cli::bench::run(&rt, &config, &options),
         Command::Run { .. } => run(&rt, config, config_path),
-        Command::Migrate { .. } => rt.block_on(migrate(&config)),
+        Command::Migrate { .. } => rt.block_on(callmeter::cli::migrate(&config)),
         Command::CheckConfig { .. } => {
-            print!("{}", callmeter::config::describe(&config));
+            callmeter::cli::check_config::run(&config);
             Ok(())
         }
-        Command::Replay { dataset, rate, .. } => rt.block_on(replay(&config, &dataset, rate)),
-        Command::Reconcile { period, .. } => rt.block_on(reconcile(&config, &period)),
-        Command::Report { .. } => rt.block_on(async {
-            let ch = ClickHouse::new(&config.settings.clickhouse);
-            let lines = callmeter::report::lines(&config, &ch)
-                .await
-                .with_context(|| {
-                    format!("reading ClickHouse at {}", config.settings.clickhouse.url)
-                })?;
-            print!("{}", callmeter::report::format(&config, &lines));
-            Ok(())
-        }),
+        Command::Replay { dataset, rate, .. } => {
+            rt.block_on(callmeter::cli::replay::run(&config, &dataset, rate))
+        }
+        Command::Reconcile { period, .. } => {
+            rt.block_on(callmeter::cli::reconcile::run(&config, &period))
+        }
+        Command::Report { .. } => rt.block_on(callmeter::cli::report::run(&config)),
         Command::Loadgen {
             events,
             tenants,
@@ -178,9 +184,9 @@ fn main() -> ExitCode {
             disorder,
             currency,
             ..
-        } => rt.block_on(loadgen(
+        } => rt.block_on(callmeter::cli::loadgen::run(
             &config,
-            callmeter::loadgen::LoadSpec {
+            callmeter::cli::loadgen::LoadSpec {
                 events,
                 tenants,
                 seed,
@@ -200,101 +206,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let ch = ClickHouse::new(&config.settings.clickhouse);
-    let applied = ch
-        .migrate()
-        .await
-        .with_context(|| format!("migrating ClickHouse at {}", config.settings.clickhouse.url))?;
-    for f in applied {
-        println!("ok {f}");
-    }
-    Ok(())
-}
-
-async fn reconcile(config: &Config, period: &str) -> anyhow::Result<()> {
-    let ch = ClickHouse::new(&config.settings.clickhouse);
-    let lines = callmeter::reconcile::reconcile(config, &ch, period).await?;
-    println!(
-        "{:<24} {:<16} {:<22} {:>20} {:>20}  status",
-        "tenant", "meter", "period start (UTC)", "raw events", "rollups"
-    );
-    let mut bad = 0;
-    for l in &lines {
-        if !l.matches() {
-            bad += 1;
-        }
-        println!(
-            "{:<24} {:<16} {:<22} {:>20} {:>20}  {}",
-            l.tenant,
-            l.meter,
-            l.period.start_utc().format("%Y-%m-%dT%H:%M:%SZ"),
-            l.raw_events,
-            l.rollups,
-            if l.matches() { "ok" } else { "MISMATCH" }
-        );
-    }
-    println!("{} lines, {} mismatches", lines.len(), bad);
-    if bad > 0 {
-        anyhow::bail!("{bad} totals differ between raw events and rollups");
-    }
-    Ok(())
-}
-
-async fn replay(config: &Config, dataset: &Path, rate: Option<u32>) -> anyhow::Result<()> {
-    let (events, stats) = callmeter::replay::load_dataset(dataset)
-        .with_context(|| format!("reading data set {}", dataset.display()))?;
-    println!(
-        "data set {}: {} files, {} rows, {} events, {} phantom, {} junk type, {} unparsable",
-        dataset.display(),
-        stats.files.len(),
-        stats.rows,
-        stats.events,
-        stats.phantom,
-        stats.junk_type,
-        stats.unparsable
-    );
-    for (f, line, reason) in &stats.errors {
-        println!("  unparsable: {f}:{line}: {reason}");
-    }
-    let producer = callmeter::source::kafka::bulk_producer(&config.settings.kafka)?;
-    let took =
-        callmeter::replay::publish(&producer, &config.settings.kafka.topic, &events, rate).await?;
-    println!(
-        "published {} events to {} in {:.2} s ({:.0} events/s)",
-        events.len(),
-        config.settings.kafka.topic,
-        took.as_secs_f64(),
-        events.len() as f64 / took.as_secs_f64().max(1e-9)
-    );
-    for (t, n) in &stats.per_tenant {
-        println!("  {t}: {n}");
-    }
-    Ok(())
-}
-
-async fn loadgen(
-    config: &Config,
-    spec: callmeter::loadgen::LoadSpec,
-    rate: Option<u32>,
-) -> anyhow::Result<()> {
-    let producer = callmeter::source::kafka::bulk_producer(&config.settings.kafka)?;
-    let topic = &config.settings.kafka.topic;
-    let mut dups = 0u64;
-    let messages = callmeter::loadgen::generate(&spec).map(|g| {
-        dups += g.duplicate as u64;
-        (g.tenant, g.payload)
-    });
-    let (n, took) = callmeter::source::kafka::publish_all(&producer, topic, messages, rate).await?;
-    let secs = took.as_secs_f64();
-    println!(
-        "published {n} events ({dups} duplicates) for {} tenants to {topic} in {secs:.2} s ({:.0} events/s)",
-        spec.tenants,
-        n as f64 / secs.max(1e-9)
-    );
-    Ok(())
 }
 
 fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::event::{Body, Event, Rejection, lookup, raw_decimal};
 
-/// Index of a meter in [`crate::config::Catalog::meters`].
+/// Index of a meter in [`crate::catalog::Catalog::meters`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MeterId(pub u16);
 
@@ -236,7 +236,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn catalog(extra: &str) -> std::sync::Arc<crate::config::Catalog> {
+    fn catalog(extra: &str) -> std::sync::Arc<crate::catalog::Catalog> {
         Config::from_toml_str(extra).unwrap().catalog
     }
 
@@ -247,7 +247,7 @@ mod tests {
     }
 
     fn contributions(
-        cat: &crate::config::Catalog,
+        cat: &crate::catalog::Catalog,
         payload: &str,
     ) -> Vec<(String, Option<Decimal>)> {
         let ev = crate::event::decode(payload.as_bytes(), |t| cat.by_event_type.contains_key(t))

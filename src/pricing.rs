@@ -319,7 +319,8 @@ pub fn round_money(d: Decimal) -> Decimal {
     round_half_up(d, 2)
 }
 
-/// Usage of one meter in a period.
+/// Usage of one meter in a period (named from the catalog by `MeterUsage::from_values`, in
+/// [`crate::catalog`], which depends on this module and not the other way round).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeterUsage {
     pub meter: MeterId,
@@ -327,23 +328,6 @@ pub struct MeterUsage {
     pub name: String,
     /// The meter value (CONTRACT section 2), in meter units.
     pub usage: Decimal,
-}
-
-impl MeterUsage {
-    /// Usage records for meter values keyed by id, named from the catalog.
-    pub fn from_values<'a>(
-        catalog: &crate::config::Catalog,
-        values: impl IntoIterator<Item = (&'a MeterId, &'a Decimal)>,
-    ) -> Vec<MeterUsage> {
-        values
-            .into_iter()
-            .map(|(m, v)| MeterUsage {
-                meter: *m,
-                name: catalog.meter(*m).name.to_string(),
-                usage: *v,
-            })
-            .collect()
-    }
 }
 
 /// Overage charge of `usage` above `limit`: `min(cap, (usage - limit)+ x overage_rate)`,

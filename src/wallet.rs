@@ -50,7 +50,7 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{self, Alert, WALLET_EMPTY, WALLET_LOW};
-use crate::config::Catalog;
+use crate::catalog::Catalog;
 use crate::meter::{MeterId, WALLET_CREDIT};
 use crate::period::Period;
 use crate::pricing::{self, ChargeInput, MeterUsage, Tenant};

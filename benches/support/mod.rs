@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use callmeter::cli::loadgen::{self, LoadSpec};
 use callmeter::config::Config;
-use callmeter::loadgen::{self, LoadSpec};
 use callmeter::state::{InMessage, Outcome, Params, Processor, Restored, Shared};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 

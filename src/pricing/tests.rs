@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 
 use super::*;
-use crate::config::{Catalog, Config};
+use crate::catalog::Catalog;
+use crate::config::Config;
 use crate::meter::{CALL_MINUTES, CALLS, REVENUE};
 
 fn d(s: &str) -> Decimal {

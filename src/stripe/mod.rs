@@ -16,8 +16,8 @@
 //!   `Stripe-Should-Retry` says), with jittered exponential backoff.
 //! - [`ledger`] (I/O): usage from ClickHouse and the `stripe_reports` ledger.
 //! - [`reporter`]: the loop, ownership across instances, metrics.
-//! - [`test_server`]: a Stripe-compatible test double for tests and the demo (never used by
-//!   the pipeline itself).
+//! - `test_server` (cargo feature `testkit`): a Stripe-compatible test double for tests and
+//!   the demo (never used by the pipeline itself).
 //!
 //! Exactly once: a report is written to `stripe_reports` as pending before it is sent, with
 //! an identifier derived from what it covers; a crash resends it with the same identifier
@@ -35,6 +35,7 @@ pub mod client;
 pub mod ledger;
 pub mod reporter;
 pub mod retry;
+#[cfg(feature = "testkit")]
 pub mod test_server;
 
 pub use reporter::{Reporter, run};

@@ -10,7 +10,7 @@ use chrono::{Datelike, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use callmeter::loadgen::{Generated, LoadSpec, generate};
+use callmeter::cli::loadgen::{Generated, LoadSpec, generate};
 
 use crate::common::{Broker, ClickHouseServer, Engine, World, eventually};
 

@@ -6,4 +6,5 @@ mod malformed;
 mod pricing;
 mod prometheus;
 mod realdata;
+#[cfg(feature = "testkit")]
 mod stripe;

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use callmeter::loadgen::{LoadSpec, generate};
+use callmeter::cli::loadgen::{LoadSpec, generate};
 use callmeter::stripe::test_server::{Config, Faults, Summary, TestServer};
 
 use crate::common::{Ch, World, eventually, free_port};
@@ -162,7 +162,7 @@ async fn stripe_v2_reports_exactly_once_under_faults_and_kill9() {
     let mut pricing = plan().to_string();
     let mut customers = BTreeMap::new();
     for i in 0..TENANTS {
-        let t = callmeter::loadgen::tenant_id("t", i);
+        let t = callmeter::cli::loadgen::tenant_id("t", i);
         let c = format!("cus_{t}");
         pricing.push_str(&format!(
             "[tenants.{t}]\nplan = \"basic\"\nstripe_customer_id = \"{c}\"\n"

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use anyhow::Context;
 use chrono::Utc;
 use rust_decimal::Decimal;
 
@@ -156,4 +157,14 @@ pub fn format(config: &Config, lines: &[ReportLine]) -> String {
         );
     }
     out
+}
+
+/// `callmeter report`: reads ClickHouse and prints the report.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let ch = ClickHouse::new(&config.settings.clickhouse);
+    let lines = lines(config, &ch)
+        .await
+        .with_context(|| format!("reading ClickHouse at {}", config.settings.clickhouse.url))?;
+    print!("{}", format(config, &lines));
+    Ok(())
 }

@@ -162,3 +162,33 @@ pub async fn reconcile(
     }
     Ok(lines.into_values().collect())
 }
+
+/// `callmeter reconcile`: prints one line per (tenant, meter) and fails when any differs.
+pub async fn run(config: &Config, period: &str) -> anyhow::Result<()> {
+    let ch = ClickHouse::new(&config.settings.clickhouse);
+    let lines = reconcile(config, &ch, period).await?;
+    println!(
+        "{:<24} {:<16} {:<22} {:>20} {:>20}  status",
+        "tenant", "meter", "period start (UTC)", "raw events", "rollups"
+    );
+    let mut bad = 0;
+    for l in &lines {
+        if !l.matches() {
+            bad += 1;
+        }
+        println!(
+            "{:<24} {:<16} {:<22} {:>20} {:>20}  {}",
+            l.tenant,
+            l.meter,
+            l.period.start_utc().format("%Y-%m-%dT%H:%M:%SZ"),
+            l.raw_events,
+            l.rollups,
+            if l.matches() { "ok" } else { "MISMATCH" }
+        );
+    }
+    println!("{} lines, {} mismatches", lines.len(), bad);
+    if bad > 0 {
+        anyhow::bail!("{bad} totals differ between raw events and rollups");
+    }
+    Ok(())
+}

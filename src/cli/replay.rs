@@ -11,8 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeZone};
 use chrono_tz::Asia::Jerusalem;
+
+use crate::config::Config;
 
 /// One replayable event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +180,39 @@ pub async fn publish(
     let messages = events.iter().map(|e| (e.tenant.clone(), e.to_json()));
     let (_, took) = crate::source::kafka::publish_all(producer, topic, messages, rate).await?;
     Ok(took)
+}
+
+/// `callmeter replay`: loads the data set, prints what it holds, publishes it to the
+/// configured topic at `rate` events per second (unlimited: as fast as possible).
+pub async fn run(config: &Config, dataset: &Path, rate: Option<u32>) -> anyhow::Result<()> {
+    let (events, stats) =
+        load_dataset(dataset).with_context(|| format!("reading data set {}", dataset.display()))?;
+    println!(
+        "data set {}: {} files, {} rows, {} events, {} phantom, {} junk type, {} unparsable",
+        dataset.display(),
+        stats.files.len(),
+        stats.rows,
+        stats.events,
+        stats.phantom,
+        stats.junk_type,
+        stats.unparsable
+    );
+    for (f, line, reason) in &stats.errors {
+        println!("  unparsable: {f}:{line}: {reason}");
+    }
+    let producer = crate::source::kafka::bulk_producer(&config.settings.kafka)?;
+    let took = publish(&producer, &config.settings.kafka.topic, &events, rate).await?;
+    println!(
+        "published {} events to {} in {:.2} s ({:.0} events/s)",
+        events.len(),
+        config.settings.kafka.topic,
+        took.as_secs_f64(),
+        events.len() as f64 / took.as_secs_f64().max(1e-9)
+    );
+    for (t, n) in &stats.per_tenant {
+        println!("  {t}: {n}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
