@@ -502,9 +502,8 @@ impl Names {
 async fn stored_calls(ch: &ClickHouse, topic: &str) -> anyhow::Result<u64> {
     let n: u64 = ch
         .client()
-        .query(&format!(
-            "SELECT sum(event_count) FROM {} FINAL WHERE meter = 'calls' AND source_topic = ?",
-            ch.table("usage_rollups")
+        .query(&crate::sink::clickhouse::queries::bench_stored_calls(
+            ch.database(),
         ))
         .bind(topic)
         .fetch_one()
@@ -1121,7 +1120,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: &Config, o: &Options) -> anyhow
             for db in &databases {
                 if let Err(e) = ch
                     .client()
-                    .query(&format!("DROP DATABASE IF EXISTS {db}"))
+                    .query(&crate::sink::clickhouse::queries::drop_database(db))
                     .execute()
                     .await
                 {
