@@ -13,8 +13,16 @@ use rust_decimal::Decimal;
 
 use crate::config::Catalog;
 use crate::meter::MeterId;
-use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9};
+use crate::sink::clickhouse::{ClickHouse, SinkError, dt, from_dec9, queries};
 use crate::state::{RowKey, Shared};
+
+/// Why usage could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// ClickHouse was needed (the period is not in memory) and could not be read; retryable.
+    #[error(transparent)]
+    ClickHouse(#[from] SinkError),
+}
 
 /// Usage of every meter of a tenant in one period (meters without usage are absent).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,18 +75,15 @@ pub async fn stored_usage(
     cat: &Catalog,
     tenant: &str,
     period_start: i64,
-) -> Result<BTreeMap<MeterId, Decimal>, SinkError> {
+) -> Result<BTreeMap<MeterId, Decimal>, UsageError> {
     let rows: Vec<(String, i128)> = ch
         .client()
-        .query(&format!(
-            "SELECT meter, sum(value) FROM {} FINAL \
-             WHERE tenant_id = ? AND period_start = toDateTime(?, 'UTC') GROUP BY meter",
-            ch.table("usage_rollups")
-        ))
+        .query(&queries::tenant_period_usage(ch.database()))
         .bind(tenant)
-        .bind(period_start.clamp(0, u32::MAX as i64) as u32)
+        .bind(dt(period_start))
         .fetch_all()
-        .await?;
+        .await
+        .map_err(SinkError::from)?;
     let mut out = BTreeMap::new();
     for (meter, v) in rows {
         if let Some(m) = cat.meter_id(&meter) {
@@ -98,7 +103,7 @@ pub async fn period_usage(
     cat: &Catalog,
     tenant: &str,
     period_start: i64,
-) -> Result<PeriodUsage, SinkError> {
+) -> Result<PeriodUsage, UsageError> {
     if let Some(values) = memory_usage(shared, cat, tenant, period_start) {
         return Ok(PeriodUsage {
             values,
@@ -115,16 +120,14 @@ pub async fn period_usage(
 /// earliest usage period (Unix seconds).
 ///
 /// Errors: ClickHouse unreachable or failing.
-pub async fn stored_first_period(ch: &ClickHouse, tenant: &str) -> Result<Option<i64>, SinkError> {
+pub async fn stored_first_period(ch: &ClickHouse, tenant: &str) -> Result<Option<i64>, UsageError> {
     let (n, first): (u64, u32) = ch
         .client()
-        .query(&format!(
-            "SELECT count(), toUInt32(min(period_start)) FROM {} WHERE tenant_id = ?",
-            ch.table("usage_rollups")
-        ))
+        .query(&queries::tenant_first_period(ch.database()))
         .bind(tenant)
         .fetch_one()
-        .await?;
+        .await
+        .map_err(SinkError::from)?;
     Ok((n > 0).then_some(first as i64))
 }
 
@@ -137,7 +140,7 @@ pub async fn first_period(
     shared: &Shared,
     ch: &ClickHouse,
     tenant: &str,
-) -> Result<Option<i64>, SinkError> {
+) -> Result<Option<i64>, UsageError> {
     if let Some(f) = shared.first_periods.get(tenant) {
         return Ok(Some(*f));
     }

@@ -54,7 +54,7 @@ use crate::catalog::Catalog;
 use crate::meter::{MeterId, WALLET_CREDIT};
 use crate::period::Period;
 use crate::pricing::{self, ChargeInput, MeterUsage, Tenant};
-use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9};
+use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9, queries};
 use crate::state::{RowKey, Shared};
 use crate::telemetry as t;
 
@@ -411,21 +411,7 @@ impl Wallets {
         if !default_has_wallet && wallet_tenants.is_empty() {
             return Ok(vec![]);
         }
-        let mut conds = Vec::new();
-        if !full {
-            conds.push("toUInt32(updated_at) >= ?");
-        }
-        if !default_has_wallet {
-            conds.push("has(?, tenant_id)");
-        }
-        let sql = format!(
-            "SELECT tenant_id, meter, toUInt32(period_start), toUInt32(period_end), \
-             source_partition, value, through_offset, toUInt32(updated_at) FROM {}{}{}{}",
-            self.ch.table("usage_rollups"),
-            if full { " FINAL" } else { "" },
-            if conds.is_empty() { "" } else { " WHERE " },
-            conds.join(" AND ")
-        );
+        let sql = queries::wallet_rollups(self.ch.database(), full, !default_has_wallet);
         let mut q = self.ch.client().query(&sql);
         if !full {
             q = q.bind(since);
@@ -477,11 +463,7 @@ impl Wallets {
         let rows: Vec<(String, u32, String)> = self
             .ch
             .client()
-            .query(&format!(
-                "SELECT tenant_id, toUInt32(period_start), kind FROM {} FINAL \
-                 WHERE meter = ? AND kind IN (?, ?)",
-                self.ch.table("usage_alerts")
-            ))
+            .query(&queries::meter_alert_kinds(self.ch.database()))
             .bind(WALLET_METER)
             .bind(WALLET_LOW)
             .bind(WALLET_EMPTY)
@@ -604,10 +586,7 @@ impl Wallets {
         let stored: u64 = self
             .ch
             .client()
-            .query(&format!(
-                "SELECT count() FROM {} WHERE alert_id = ?",
-                self.ch.table("usage_alerts")
-            ))
+            .query(&queries::alert_count(self.ch.database()))
             .bind(&alert.alert_id)
             .fetch_one()
             .await?;

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 
 use crate::config::Config;
 use crate::period::{Period, parse_period_spec};
-use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9};
+use crate::sink::clickhouse::{ClickHouse, SinkError, dt, from_dec9, queries};
 
 /// One (tenant, meter) comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,13 +63,9 @@ pub async fn reconcile(
     let (lo, hi) = (utc.start - 16 * 86_400, utc.end + 16 * 86_400);
     let raw: Vec<(String, String, String, String, i64, String)> = ch
         .client()
-        .query(&format!(
-            "SELECT tenant_id, source, event_id, type, time_us, data FROM {} FINAL \
-             WHERE toUInt32(time) >= ? AND toUInt32(time) < ?",
-            ch.table("call_events")
-        ))
-        .bind(lo.max(0) as u32)
-        .bind(hi.max(0) as u32)
+        .query(&queries::reconcile_raw_events(ch.database()))
+        .bind(dt(lo))
+        .bind(dt(hi))
         .fetch_all()
         .await
         .map_err(SinkError::from)?;
@@ -110,14 +106,9 @@ pub async fn reconcile(
     }
     let stored: Vec<(String, String, u32, i128)> = ch
         .client()
-        .query(&format!(
-            "SELECT tenant_id, meter, toUInt32(period_start), sum(value) FROM {} FINAL \
-             WHERE toUInt32(period_start) >= ? AND toUInt32(period_start) < ? \
-             GROUP BY tenant_id, meter, period_start",
-            ch.table("usage_rollups")
-        ))
-        .bind(lo.max(0) as u32)
-        .bind(hi.max(0) as u32)
+        .query(&queries::reconcile_rollups(ch.database()))
+        .bind(dt(lo))
+        .bind(dt(hi))
         .fetch_all()
         .await
         .map_err(SinkError::from)?;

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use crate::config::Config;
 use crate::period::Period;
 use crate::pricing::{self, ChargeInput, MeterUsage};
-use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9};
+use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9, queries};
 
 /// One (tenant, period) line of the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,20 +31,12 @@ pub struct ReportLine {
 pub async fn lines(config: &Config, ch: &ClickHouse) -> Result<Vec<ReportLine>, SinkError> {
     let rows: Vec<(String, String, u32, u32, i128)> = ch
         .client()
-        .query(&format!(
-            "SELECT tenant_id, meter, toUInt32(period_start), toUInt32(any(period_end)), sum(value) \
-             FROM {} FINAL GROUP BY tenant_id, meter, period_start ORDER BY tenant_id, period_start, meter",
-            ch.table("usage_rollups")
-        ))
+        .query(&queries::report_usage(ch.database()))
         .fetch_all()
         .await?;
     let alerts: Vec<(String, u32, String)> = ch
         .client()
-        .query(&format!(
-            "SELECT tenant_id, toUInt32(period_start), kind FROM {} FINAL \
-             WHERE meter = 'call_minutes' ORDER BY tenant_id, period_start, fired_at, usage",
-            ch.table("usage_alerts")
-        ))
+        .query(&queries::report_alerts(ch.database()))
         .fetch_all()
         .await?;
     let mut by: BTreeMap<(String, u32), ReportLine> = BTreeMap::new();

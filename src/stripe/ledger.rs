@@ -12,7 +12,8 @@ use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{GroupKey, Report, Status, Usage};
-use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9};
+use crate::sink::clickhouse::queries::{self, STRIPE_REPORTS};
+use crate::sink::clickhouse::{ClickHouse, SinkError, dt, from_dec9, now_secs};
 
 /// Columns `stripe_reports` must have (an older placeholder layout lacks `version`).
 const REQUIRED_COLUMNS: &[&str] = &["identifier", "version", "flushed_at", "error_code"];
@@ -88,24 +89,17 @@ struct PendingRow {
     flushed_at: u32,
 }
 
-fn dt(secs: i64) -> u32 {
-    secs.clamp(0, u32::MAX as i64) as u32
-}
-
 /// Fails with [`LedgerError::Layout`] if `stripe_reports` predates this layout.
 pub async fn check_layout(ch: &ClickHouse) -> Result<(), LedgerError> {
     let cols: Vec<String> = ch
         .client()
-        .query("SELECT name FROM system.columns WHERE database = ? AND table = 'stripe_reports'")
+        .query(queries::STRIPE_REPORTS_COLUMNS)
         .bind(ch.database())
         .fetch_all()
         .await?;
     for c in REQUIRED_COLUMNS {
         if !cols.iter().any(|x| x == c) {
-            return Err(LedgerError::Layout(
-                ch.table("stripe_reports"),
-                c.to_string(),
-            ));
+            return Err(LedgerError::Layout(ch.table(STRIPE_REPORTS), c.to_string()));
         }
     }
     Ok(())
@@ -118,23 +112,9 @@ pub async fn usage(
     meters: &[String],
     since: Option<i64>,
 ) -> Result<Vec<Usage>, LedgerError> {
-    let rollups = ch.table("usage_rollups");
-    let recent = if since.is_some() {
-        format!(
-            " AND (tenant_id, meter, period_start) IN (SELECT tenant_id, meter, period_start \
-             FROM {rollups} WHERE updated_at >= toDateTime(?, 'UTC'))"
-        )
-    } else {
-        String::new()
-    };
     let mut q = ch
         .client()
-        .query(&format!(
-            "SELECT tenant_id, meter, toUInt32(period_start) AS ps, toUInt32(any(period_end)), \
-             sum(value), min(source_partition), toUInt32(max(updated_at)) \
-             FROM {rollups} FINAL WHERE has(?, meter){recent} \
-             GROUP BY tenant_id, meter, period_start"
-        ))
+        .query(&queries::stripe_usage(ch.database(), since.is_some()))
         .bind(meters);
     if let Some(s) = since {
         q = q.bind(dt(s));
@@ -161,15 +141,9 @@ pub async fn usage(
 /// their status (pending ones will be delivered; rejected and unreportable ones are not
 /// retried).
 pub async fn reported(ch: &ClickHouse) -> Result<HashMap<GroupKey, i64>, LedgerError> {
-    let t = ch.table("stripe_reports");
     let rows: Vec<TotalRow> = ch
         .client()
-        .query(&format!(
-            "SELECT tenant_id, meter, toUInt32(period_start), toInt64(sum(v)) FROM \
-             (SELECT tenant_id, meter, period_start, identifier, any(value) AS v FROM {t} \
-              GROUP BY tenant_id, meter, period_start, identifier) \
-             GROUP BY tenant_id, meter, period_start"
-        ))
+        .query(&queries::stripe_reported(ch.database()))
         .fetch_all()
         .await?;
     Ok(rows
@@ -189,16 +163,9 @@ pub async fn reported(ch: &ClickHouse) -> Result<HashMap<GroupKey, i64>, LedgerE
 
 /// Reports written as pending and not known to be delivered.
 pub async fn pending(ch: &ClickHouse) -> Result<Vec<Report>, LedgerError> {
-    let t = ch.table("stripe_reports");
     let rows: Vec<PendingRow> = ch
         .client()
-        .query(&format!(
-            "SELECT tenant_id, meter, toUInt32(period_start), toUInt32(any(period_end)), \
-             identifier, any(stripe_customer_id), any(event_name), any(reported_before), \
-             any(reported_after), toUInt32(any(event_timestamp)), toUInt32(any(flushed_at)) \
-             FROM {t} GROUP BY tenant_id, meter, period_start, identifier \
-             HAVING argMax(status, version) = 'pending'"
-        ))
+        .query(&queries::stripe_pending(ch.database()))
         .fetch_all()
         .await?;
     Ok(rows
@@ -223,8 +190,8 @@ pub async fn pending(ch: &ClickHouse) -> Result<Vec<Report>, LedgerError> {
 
 /// Writes ledger rows (one insert). `error_code` is empty unless rejected.
 pub async fn record(ch: &ClickHouse, rows: &[(&Report, Status, &str)]) -> Result<(), LedgerError> {
-    let now = dt(chrono::Utc::now().timestamp());
-    let mut ins = ch.client().insert::<ReportRow>("stripe_reports").await?;
+    let now = now_secs();
+    let mut ins = ch.client().insert::<ReportRow>(STRIPE_REPORTS).await?;
     for &(r, status, code) in rows {
         ins.write(&ReportRow {
             tenant_id: r.key.tenant.clone(),

@@ -247,7 +247,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: &Config, o: &Options) -> anyhow
             for db in &databases {
                 if let Err(e) = ch
                     .client()
-                    .query(&format!("DROP DATABASE IF EXISTS {db}"))
+                    .query(&crate::sink::clickhouse::queries::drop_database(db))
                     .execute()
                     .await
                 {

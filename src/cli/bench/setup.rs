@@ -148,9 +148,8 @@ impl Names {
 pub(super) async fn stored_calls(ch: &ClickHouse, topic: &str) -> anyhow::Result<u64> {
     let n: u64 = ch
         .client()
-        .query(&format!(
-            "SELECT sum(event_count) FROM {} FINAL WHERE meter = 'calls' AND source_topic = ?",
-            ch.table("usage_rollups")
+        .query(&crate::sink::clickhouse::queries::bench_stored_calls(
+            ch.database(),
         ))
         .bind(topic)
         .fetch_one()

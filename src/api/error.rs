@@ -1,0 +1,96 @@
+//! The error answers of the HTTP API: [`ApiError`], one variant per way a request fails,
+//! each with its status code, answered as `{"error": "<message>"}` ([`ErrorBody`]).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::usage::UsageError;
+
+/// An error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Why a request failed; the message is the answer's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no `Authorization: Bearer` header, or not one of the configured tokens.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// 400: `?at=` is not RFC 3339 with an offset.
+    #[error("`at` must be RFC 3339 with an offset: {0}")]
+    BadAt(#[source] chrono::ParseError),
+    /// 404: neither configured nor (with a default plan) seen.
+    #[error("unknown tenant `{0}`")]
+    UnknownTenant(String),
+    /// 404: no meter of that name.
+    #[error("unknown meter `{0}`")]
+    UnknownMeter(String),
+    /// 503: whether the tenant exists needed ClickHouse, which could not be read.
+    #[error("tenant lookup unavailable: {0}")]
+    TenantLookup(#[source] UsageError),
+    /// 503: the period's usage needed ClickHouse, which could not be read.
+    #[error("usage unavailable: {0}")]
+    Usage(#[from] UsageError),
+    /// 503: the period's stored alerts could not be read from ClickHouse.
+    #[error("usage unavailable: {0}")]
+    Alerts(#[source] clickhouse::error::Error),
+}
+
+impl ApiError {
+    /// The status code of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadAt(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownTenant(_) | ApiError::UnknownMeter(_) => StatusCode::NOT_FOUND,
+            ApiError::TenantLookup(_) | ApiError::Usage(_) | ApiError::Alerts(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_statuses() {
+        let e = ApiError::UnknownTenant("nobody".into());
+        assert_eq!(e.to_string(), "unknown tenant `nobody`");
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let e = ApiError::BadAt(chrono::DateTime::parse_from_rfc3339("yesterday").unwrap_err());
+        assert!(
+            e.to_string()
+                .starts_with("`at` must be RFC 3339 with an offset: ")
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let e = ApiError::Usage(UsageError::ClickHouse(
+            crate::sink::clickhouse::SinkError::Data("x".into()),
+        ));
+        assert_eq!(
+            e.to_string(),
+            "usage unavailable: ClickHouse returned an out-of-range value: x"
+        );
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::Unauthorized.status(), StatusCode::UNAUTHORIZED);
+    }
+}

@@ -1,0 +1,61 @@
+//! The OpenAPI document of the HTTP API ([`ApiDoc`]), kept in `schemas/openapi.json` (a test
+//! checks that the file matches the code: `UPDATE_OPENAPI=1 cargo test openapi` rewrites it).
+
+use utoipa::OpenApi;
+
+use super::error::ErrorBody;
+use super::routes::entitlement::__path_entitlement;
+use super::routes::health::{__path_healthz, __path_metrics, __path_readyz};
+use super::routes::tenant_usage::{
+    __path_usage, MeterUsageBody, PeriodBody, UsageBody, WalletBody,
+};
+use crate::pricing::{self, Charges};
+
+/// The OpenAPI document of the HTTP API (`schemas/openapi.json`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "callmeter",
+        description = "Live usage, charges and entitlements of a callmeter instance (CONTRACT section 6). Decimals are JSON strings; money has 2 decimals."
+    ),
+    paths(healthz, readyz, metrics, usage, entitlement),
+    components(schemas(
+        UsageBody,
+        PeriodBody,
+        MeterUsageBody,
+        WalletBody,
+        Charges,
+        pricing::ChargeLine,
+        pricing::Entitlement,
+        ErrorBody
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("One of `[api] tokens` (or CALLMETER_API__TOKENS)."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON, with a final newline.
+pub fn openapi_json() -> String {
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,40 @@
+//! The unauthenticated routes: liveness, readiness, Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::ApiState;
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process runs", body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: assigned partitions restored and consuming.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready", body = String),
+        (status = 503, description = "Partitions not restored yet (or none assigned)", body = String)
+    )
+)]
+pub async fn readyz(State(s): State<ApiState>) -> Response {
+    if s.shared.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Prometheus metrics, names prefixed `callmeter_`.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.telemetry.render(),
+    )
+        .into_response()
+}

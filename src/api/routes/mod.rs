@@ -1,0 +1,46 @@
+//! The handlers of the HTTP API, one file per concern: [`health`] (liveness, readiness,
+//! metrics), [`tenant_usage`] (the usage answer) and [`entitlement`]; and the look-ups both
+//! tenant routes share. `/v1/*` handlers run behind the bearer-auth layer
+//! ([`super::auth`]) and fail with [`ApiError`].
+
+use std::sync::Arc;
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::period::Period;
+use crate::pricing::Tenant;
+use crate::usage;
+
+pub mod entitlement;
+pub mod health;
+pub mod tenant_usage;
+
+/// Resolves a tenant: configured, or on the default plan and seen (here or in ClickHouse).
+///
+/// Errors: [`ApiError::UnknownTenant`]; [`ApiError::TenantLookup`] when ClickHouse was needed
+/// and could not be read.
+async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
+    let cat = s.shared.catalog.load();
+    if let Some(t) = cat.tenants.get(id) {
+        return Ok(t.clone());
+    }
+    let unknown = || ApiError::UnknownTenant(id.to_string());
+    if cat.default_plan.is_none() || !crate::event::valid_subject(id) {
+        return Err(unknown());
+    }
+    if s.shared.tenants.get(id).is_some() {
+        return cat.tenant(id).ok_or_else(unknown);
+    }
+    match usage::stored_first_period(&s.ch, id).await {
+        Ok(Some(_)) => cat.tenant(id).ok_or_else(unknown),
+        Ok(None) => Err(unknown()),
+        Err(e) => Err(ApiError::TenantLookup(e)),
+    }
+}
+
+/// Whether `period` is the tenant's first usage period (one-time allowances): no usage
+/// before it.
+async fn is_first_period(s: &ApiState, tenant: &Tenant, period: Period) -> Result<bool, ApiError> {
+    let first = usage::first_period(&s.shared, &s.ch, &tenant.id).await?;
+    Ok(first.is_none_or(|f| f >= period.start))
+}

@@ -1,0 +1,108 @@
+//! Batch writes: a flush batch in order, and alerts alone (the wallet service's).
+//!
+//! A flush writes, in order: alerts, raw events (optional), `rollup_state`, `usage_rollups`,
+//! `partition_checkpoints`. Each step is idempotent (replacing tables), so a failed flush is
+//! retried whole.
+
+use super::queries::{
+    CALL_EVENTS, PARTITION_CHECKPOINTS, ROLLUP_STATE, USAGE_ALERTS, USAGE_ROLLUPS,
+};
+use super::rows::{AlertRow, CheckpointRow, RawEventRow, RollupRow, StateRow, dec9, dt, now_secs};
+use super::{ClickHouse, SinkError};
+use crate::alerts::Alert;
+use crate::state::FlushBatch;
+
+impl ClickHouse {
+    /// Writes a flush batch in order (see the module docs). Idempotent.
+    pub async fn write_batch(&self, topic: &str, batch: &FlushBatch) -> Result<(), SinkError> {
+        let now = now_secs();
+        if !batch.alerts.is_empty() {
+            self.insert_alerts(&batch.alerts).await?;
+        }
+        if !batch.raw_events.is_empty() {
+            let mut ins = self.client.insert::<RawEventRow>(CALL_EVENTS).await?;
+            for e in &batch.raw_events {
+                ins.write(&RawEventRow {
+                    tenant_id: e.tenant.to_string(),
+                    source: e.source.clone(),
+                    event_id: e.event_id.clone(),
+                    ty: e.ty.clone(),
+                    time: dt(e.time_us.div_euclid(1_000_000)),
+                    time_us: e.time_us,
+                    data: e.data.clone(),
+                    source_topic: topic.to_string(),
+                    source_partition: e.partition as u32,
+                    source_offset: e.offset,
+                    ingested_at: now,
+                })
+                .await?;
+            }
+            ins.end().await?;
+        }
+        if !batch.rows.is_empty() {
+            let mut ins = self.client.insert::<StateRow>(ROLLUP_STATE).await?;
+            for r in &batch.rows {
+                ins.write(&StateRow {
+                    source_topic: topic.to_string(),
+                    source_partition: r.partition as u32,
+                    tenant_id: r.tenant.to_string(),
+                    meter: r.meter.to_string(),
+                    period_start: dt(r.period_start),
+                    period_end: dt(r.period_end),
+                    raw: dec9(r.raw),
+                    event_count: r.events,
+                    through_offset: r.through_offset,
+                    updated_at: now,
+                })
+                .await?;
+            }
+            ins.end().await?;
+            let mut ins = self.client.insert::<RollupRow>(USAGE_ROLLUPS).await?;
+            for r in &batch.rows {
+                ins.write(&RollupRow {
+                    tenant_id: r.tenant.to_string(),
+                    meter: r.meter.to_string(),
+                    period_start: dt(r.period_start),
+                    period_end: dt(r.period_end),
+                    value: dec9(r.value),
+                    event_count: r.events,
+                    source_topic: topic.to_string(),
+                    source_partition: r.partition as u32,
+                    through_offset: r.through_offset,
+                    updated_at: now,
+                })
+                .await?;
+            }
+            ins.end().await?;
+        }
+        if !batch.checkpoints.is_empty() {
+            let mut ins = self
+                .client
+                .insert::<CheckpointRow>(PARTITION_CHECKPOINTS)
+                .await?;
+            for c in &batch.checkpoints {
+                ins.write(&CheckpointRow {
+                    source_topic: topic.to_string(),
+                    source_partition: c.partition as u32,
+                    position: c.position,
+                    watermark_us: c.watermark_us,
+                    max_ts_ms: c.max_ts_ms,
+                    updated_at: now,
+                })
+                .await?;
+            }
+            ins.end().await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts alerts into `usage_alerts`.
+    pub async fn insert_alerts(&self, alerts: &[Alert]) -> Result<(), SinkError> {
+        let mut ins = self.client.insert::<AlertRow>(USAGE_ALERTS).await?;
+        for a in alerts {
+            ins.write(&AlertRow::from_alert(a)).await?;
+        }
+        ins.end().await?;
+        Ok(())
+    }
+}
