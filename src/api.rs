@@ -268,14 +268,14 @@ fn local(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
 
 /// Resolves a tenant: configured, or on the default plan and seen (here or in ClickHouse).
 async fn tenant_of(s: &ApiState, id: &str) -> Result<Option<Arc<Tenant>>, String> {
-    let cat = s.shared.catalog.load();
+    let cat = s.shared.catalog();
     if let Some(t) = cat.tenants.get(id) {
         return Ok(Some(t.clone()));
     }
     if cat.default_plan.is_none() || !crate::event::valid_subject(id) {
         return Ok(None);
     }
-    if s.shared.tenants.get(id).is_some() {
+    if s.shared.tenants().get(id).is_some() {
         return Ok(cat.tenant(id));
     }
     match usage::stored_first_period(&s.ch, id).await {
@@ -364,7 +364,7 @@ pub async fn usage_body(
     tenant: &Tenant,
     at: DateTime<Utc>,
 ) -> Result<UsageBody, String> {
-    let cat = s.shared.catalog.load_full();
+    let cat = s.shared.catalog();
     let period = tenant.period_at(at);
     let now = Utc::now().max(at);
     let plan = tenant.plan_for_period(period, now).clone();
@@ -372,7 +372,7 @@ pub async fn usage_body(
     let pu = usage::period_usage(&s.shared, &s.ch, &cat, &tenant.id, period.start)
         .await
         .map_err(|e| e.to_string())?;
-    let tidx = s.shared.tenants.get(&tenant.id);
+    let tidx = s.shared.tenants().get(&tenant.id);
     let mut stored_alerts: Option<HashMap<String, Vec<String>>> = None;
     let mut meters = Vec::new();
     for mid in priced_meters(&plan) {
@@ -389,7 +389,7 @@ pub async fn usage_body(
         };
         let mut alerts: Vec<String> = match tidx
             .filter(|_| pu.from_memory)
-            .and_then(|t| s.shared.alerts.get(&(t, mid, period.start)))
+            .and_then(|t| s.shared.fired_alerts(&(t, mid, period.start)))
         {
             Some(a) => a.iter().map(|k| k.to_string()).collect(),
             None if pu.from_memory => vec![],
@@ -569,7 +569,7 @@ async fn entitlement(
             );
         }
     };
-    let cat = s.shared.catalog.load_full();
+    let cat = s.shared.catalog();
     let Some(mid) = cat.meter_id(&meter) else {
         return error(StatusCode::NOT_FOUND, format!("unknown meter `{meter}`"));
     };

@@ -9,7 +9,7 @@
 //!   at `--dedup-rate` events per second.
 //! - **throughput**: `--events` loadgen events are produced to a fresh topic; then (a) a
 //!   plain consumer that does nothing but count reads them all, and (b) the pipeline of
-//!   `callmeter run` ([`crate::pipeline::run`], in-process, fresh group and database) reads
+//!   `callmeter run` ([`crate::ingest::run`], in-process, fresh group and database) reads
 //!   them until ClickHouse holds every one. Rates are timed from each consumer's first
 //!   message, so that group joining and partition restore are left out of both.
 //! - **latency**: the pipeline runs on a fresh topic while events are produced at `--rate`;
@@ -32,9 +32,9 @@ use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, KafkaSettings};
+use crate::ingest::consumer as kafka;
 use crate::loadgen::{self, LoadSpec};
 use crate::sink::clickhouse::ClickHouse;
-use crate::source::kafka;
 use crate::state::{InMessage, Outcome, Params, Processor, Restored, Shared};
 
 /// Which measurements to take.
@@ -261,11 +261,11 @@ fn memory(config: &Config, o: &Options, table: &mut Table) -> anyhow::Result<()>
     // 1. Every tenant, one call in an earlier usage period: tenants + 2 rows each + dedup.
     let n1 = s.calls("m1", t, 1, now - ChronoDuration::days(40));
     let rss1 = rss_bytes().unwrap_or(rss0);
-    let rows1 = s.proc.shared().rows.len();
+    let rows1 = s.proc.shared().row_count();
     // 2. Every tenant, one call in the current period: 2 new rows each + dedup, no tenants.
     let n2 = s.calls("m2", t, 1, now - ChronoDuration::hours(1));
     let rss2 = rss_bytes().unwrap_or(rss1);
-    let rows2 = s.proc.shared().rows.len();
+    let rows2 = s.proc.shared().row_count();
     // 3. More calls of the same tenants and period: only dedup entries grow.
     let per_tenant = o.dedup_sample.div_ceil(t.max(1) as u64);
     let before = s.proc.dedup_entries();
@@ -433,7 +433,7 @@ impl Running {
         let (s, stop, handle) = (shared.clone(), shutdown.clone(), rt.handle().clone());
         let thread = std::thread::Builder::new()
             .name("callmeter-consumer".into())
-            .spawn(move || crate::pipeline::run(config, s, stop, handle))
+            .spawn(move || crate::ingest::run(config, s, stop, handle, Default::default()))
             .context("starting the consumer thread")?;
         Ok(Running {
             shared,
@@ -443,7 +443,7 @@ impl Running {
     }
 
     fn consumed(&self) -> u64 {
-        self.shared.consumed.load(Ordering::Relaxed)
+        self.shared.consumed()
     }
 
     fn stop(self) -> anyhow::Result<()> {
@@ -1175,7 +1175,7 @@ callmeter_alert_produce_latency_seconds_count 100
             s.calls("t", 50, 3, Utc::now() - ChronoDuration::hours(1)),
             150
         );
-        assert_eq!(s.proc.shared().rows.len(), 100);
+        assert_eq!(s.proc.shared().row_count(), 100);
         assert_eq!(s.proc.dedup_entries(), 150);
         assert!(s.proc.snapshot().alerts.is_empty());
     }

@@ -6,20 +6,20 @@
 
 pub mod alerts;
 pub mod api;
+pub mod app;
 pub mod benchrun;
 pub mod config;
 pub mod event;
 pub mod gauges;
+pub mod ingest;
 pub mod loadgen;
 pub mod meter;
 pub mod period;
-pub mod pipeline;
 pub mod pricing;
 pub mod reconcile;
 pub mod replay;
 pub mod report;
 pub mod sink;
-pub mod source;
 pub mod state;
 pub mod stripe;
 pub mod telemetry;

@@ -175,7 +175,7 @@ pub async fn publish(
     rate: Option<u32>,
 ) -> Result<Duration, rdkafka::error::KafkaError> {
     let messages = events.iter().map(|e| (e.tenant.clone(), e.to_json()));
-    let (_, took) = crate::source::kafka::publish_all(producer, topic, messages, rate).await?;
+    let (_, took) = crate::ingest::consumer::publish_all(producer, topic, messages, rate).await?;
     Ok(took)
 }
 
