@@ -230,22 +230,21 @@ fn escape(s: &str) -> String {
 /// tenants held already exceed `max`.
 fn sample(shared: &Shared, max: usize) -> Result<Vec<RowSample>, usize> {
     let mut tenants = std::collections::HashSet::new();
-    for r in shared.rows.iter() {
-        tenants.insert(r.key().tenant);
+    for (k, _) in shared.rows() {
+        tenants.insert(k.tenant);
         if tenants.len() > max {
             return Err(tenants.len());
         }
     }
     // Copy first, then resolve names: no registry lock is taken while a row shard is locked.
     let copied: Vec<_> = shared
-        .rows
-        .iter()
-        .map(|r| (*r.key(), r.value().period_end, r.value().raw))
+        .rows()
+        .map(|(k, r)| (k, r.period_end, r.raw))
         .collect();
     Ok(copied
         .into_iter()
         .map(|(k, period_end, raw)| RowSample {
-            tenant: shared.tenants.name(k.tenant),
+            tenant: shared.tenants().name(k.tenant),
             meter: k.meter,
             period_start: k.period_start,
             period_end,
@@ -259,8 +258,8 @@ pub fn refresh(shared: &Shared, telemetry: &Telemetry, max: usize) -> Snapshot {
     let snap = match sample(shared, max) {
         Ok(rows) => compute(
             &rows,
-            &shared.catalog.load(),
-            |t| shared.first_periods.get(t).map(|v| *v),
+            &shared.catalog(),
+            |t| shared.first_period(t),
             Utc::now(),
             max,
         ),

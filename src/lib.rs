@@ -6,17 +6,17 @@
 
 pub mod alerts;
 pub mod api;
+pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod event;
 pub mod gauges;
+pub mod ingest;
 pub mod meter;
 pub mod period;
-pub mod pipeline;
 pub mod pricing;
 pub mod sink;
-pub mod source;
 pub mod state;
 pub mod stripe;
 pub mod telemetry;

@@ -1,19 +1,13 @@
 //! The `callmeter` command line (CONTRACT section 7): the clap definitions and the dispatch
-//! to `callmeter::cli` (every subcommand but `run`), and the `run` lifecycle.
+//! to `callmeter::app` (`run`'s lifecycle) and `callmeter::cli` (every other subcommand).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use callmeter::config::{Config, ConfigError};
-use callmeter::sink::clickhouse::ClickHouse;
-use callmeter::state::Shared;
-use callmeter::telemetry::Telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -162,7 +156,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         #[cfg(feature = "bench")]
         Command::Bench { options, .. } => callmeter::cli::bench::run(&rt, &config, &options),
-        Command::Run { .. } => run(&rt, config, config_path),
+        Command::Run { .. } => callmeter::app::run(&rt, config, config_path),
         Command::Migrate { .. } => rt.block_on(callmeter::cli::migrate(&config)),
         Command::CheckConfig { .. } => {
             callmeter::cli::check_config::run(&config);
@@ -204,185 +198,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("callmeter: {e:#}");
             ExitCode::from(1)
-        }
-    }
-}
-
-fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyhow::Result<()> {
-    let telemetry = Telemetry::install();
-    metrics::gauge!(callmeter::telemetry::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
-        .set(1.0);
-    // Series the alerting rules use that the pipeline only touches on change or failure:
-    // exported from the start, so that the first failure counts in increase() and a rule
-    // can tell "not paused" from "unknown".
-    metrics::gauge!(callmeter::telemetry::PAUSED).set(0.0);
-    metrics::counter!(callmeter::telemetry::FLUSH_FAILURES).increment(0);
-    let ch = ClickHouse::new(&config.settings.clickhouse);
-    rt.block_on(async {
-        let mut backoff = callmeter::sink::clickhouse::flush_backoff();
-        loop {
-            match ch.migrate().await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, url = %config.settings.clickhouse.url, "ClickHouse not reachable for migration; retrying");
-                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
-                }
-            }
-        }
-    });
-    let shared = Shared::new(config.catalog.clone());
-    let shutdown = CancellationToken::new();
-    let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(
-        config.settings.api.tokens.clone(),
-    ));
-    // Prepaid wallets: balances derived from the rollups, alerts to the alerts topic.
-    let alert_producer = callmeter::source::kafka::producer(&config.settings.kafka)
-        .context("creating the wallet alert producer")?;
-    let wallets = Arc::new(callmeter::wallet::Wallets::new(
-        shared.clone(),
-        ch.clone(),
-        Some(callmeter::wallet::AlertSink {
-            producer: alert_producer,
-            topic: config.settings.kafka.alerts_topic.clone(),
-        }),
-        config.settings.metrics.tenant_gauges_max,
-    ));
-    rt.spawn(wallets.clone().run(
-        config.settings.pricing.wallet_refresh_interval,
-        shutdown.clone(),
-    ));
-    let state = callmeter::api::ApiState {
-        shared: shared.clone(),
-        telemetry,
-        ch: ch.clone(),
-        tokens: tokens.clone(),
-        wallets: Some(wallets),
-    };
-    rt.spawn(callmeter::gauges::run(
-        shared.clone(),
-        state.telemetry.clone(),
-        config.settings.metrics.tenant_gauges_max,
-        shutdown.clone(),
-    ));
-    let listen = config.settings.api.listen.clone();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(&listen))
-        .with_context(|| format!("binding the API to {listen}"))?;
-    tracing::info!(%listen, "HTTP API listening");
-    let api_shutdown = shutdown.clone();
-    rt.spawn(async move {
-        let app = callmeter::api::router(state);
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await;
-    });
-    // The config file is watched (modification time) and reloaded when it changes.
-    let watch = config.settings.pricing.watch_interval;
-    if !watch.is_zero() {
-        let (path, shared, tokens, stop) = (
-            path.clone(),
-            shared.clone(),
-            tokens.clone(),
-            shutdown.clone(),
-        );
-        rt.spawn(async move {
-            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            let mut last = mtime(&path);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(watch) => {}
-                }
-                let now = mtime(&path);
-                if now.is_some() && now != last {
-                    last = now;
-                    tracing::info!(path = %path.display(), "configuration file changed");
-                    reload(&path, &shared, &tokens);
-                }
-            }
-        });
-    }
-    // Signals: the first SIGTERM/SIGINT drains; a second exits at once. SIGHUP reloads.
-    let sig_shutdown = shutdown.clone();
-    let reload_shared = shared.clone();
-    rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                _ = hup.recv() => {
-                    reload(&path, &reload_shared, &tokens);
-                    continue;
-                }
-            }
-            if sig_shutdown.is_cancelled() {
-                eprintln!("callmeter: second signal, exiting now");
-                std::process::exit(130);
-            }
-            tracing::info!("signal received: draining");
-            sig_shutdown.cancel();
-        }
-    });
-    // Stripe reporting; stopped after the pipeline's final flush, which it then reports.
-    let stripe_stop = CancellationToken::new();
-    let stripe_deadline = config.settings.pipeline.shutdown_timeout;
-    let stripe_task = callmeter::stripe::api_key(&config.settings.stripe)?.map(|key| {
-        rt.spawn(callmeter::stripe::run(
-            config.settings.stripe.clone(),
-            key,
-            ch.clone(),
-            shared.clone(),
-            stripe_stop.clone(),
-        ))
-    });
-    let handle = rt.handle().clone();
-    let pipeline_shutdown = shutdown.clone();
-    let worker = std::thread::Builder::new()
-        .name("callmeter-consumer".into())
-        .spawn(move || callmeter::pipeline::run(config, shared, pipeline_shutdown, handle))
-        .context("starting the consumer thread")?;
-    let res = worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
-    shutdown.cancel();
-    if let Some(task) = stripe_task {
-        stripe_stop.cancel();
-        if rt
-            .block_on(async move { tokio::time::timeout(stripe_deadline, task).await })
-            .is_err()
-        {
-            tracing::warn!(
-                "last Stripe reporting cycle did not finish in time; its reports stay pending and are sent at the next start"
-            );
-        }
-    }
-    res
-}
-
-/// Reloads meters' plans, tenants and API tokens (SIGHUP, or the file changed). A config
-/// that does not validate, or that changes meter definitions (they need a restart), is
-/// rejected with the reason logged and the old one kept. Other settings (Kafka,
-/// ClickHouse, pipeline) take effect at the next start.
-fn reload(path: &Path, shared: &Arc<Shared>, tokens: &Arc<arc_swap::ArcSwap<Vec<String>>>) {
-    let loaded = Config::load(path).and_then(|c| {
-        shared.catalog.load().reloadable_to(&c.catalog)?;
-        Ok(c)
-    });
-    match loaded {
-        Ok(c) => {
-            shared.catalog.store(c.catalog.clone());
-            tokens.store(Arc::new(c.settings.api.tokens.clone()));
-            metrics::counter!(callmeter::telemetry::CONFIG_RELOADS, "result" => "ok").increment(1);
-            tracing::info!(path = %path.display(), "configuration reloaded");
-        }
-        Err(e) => {
-            metrics::counter!(callmeter::telemetry::CONFIG_RELOADS, "result" => "rejected")
-                .increment(1);
-            tracing::error!(error = %e, "configuration reload rejected; keeping the previous configuration");
         }
     }
 }

@@ -48,13 +48,13 @@ pub fn memory_usage(
     tenant: &str,
     period_start: i64,
 ) -> Option<BTreeMap<MeterId, Decimal>> {
-    let tidx = shared.tenants.get(tenant)?;
-    let parts = shared.tenant_partitions.get(&tidx)?.clone();
+    let tidx = shared.tenants().get(tenant)?;
+    let parts = shared.tenant_partitions(tidx)?;
     let mut out = BTreeMap::new();
     for (i, def) in cat.meters.iter().enumerate() {
         let meter = MeterId(i as u16);
         for &partition in &parts {
-            if let Some(r) = shared.rows.get(&RowKey {
+            if let Some(r) = shared.row(&RowKey {
                 tenant: tidx,
                 meter,
                 period_start,
@@ -141,8 +141,8 @@ pub async fn first_period(
     ch: &ClickHouse,
     tenant: &str,
 ) -> Result<Option<i64>, UsageError> {
-    if let Some(f) = shared.first_periods.get(tenant) {
-        return Ok(Some(*f));
+    if let Some(f) = shared.first_period(tenant) {
+        return Ok(Some(f));
     }
     stored_first_period(ch, tenant).await
 }
@@ -236,7 +236,7 @@ mod tests {
         // 10 of 100 minutes: nothing. Reload to 20 included: the next 10 minutes reach 100%.
         assert!(feed(&mut p, 0, "a").is_empty());
         let next = Config::from_toml_str(&text.replace("\"100\"", "\"20\"")).unwrap();
-        shared.catalog.store(next.catalog);
+        shared.set_catalog(next.catalog);
         p.refresh_catalog();
         assert_eq!(feed(&mut p, 1, "b"), ["80%", "100%"]);
     }

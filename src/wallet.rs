@@ -45,12 +45,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{self, Alert, WALLET_EMPTY, WALLET_LOW};
 use crate::catalog::Catalog;
+use crate::ingest::outbox::AlertSink;
 use crate::meter::{MeterId, WALLET_CREDIT};
 use crate::period::Period;
 use crate::pricing::{self, ChargeInput, MeterUsage, Tenant};
@@ -264,12 +264,6 @@ impl Mirror {
     }
 }
 
-/// Where wallet alerts go besides ClickHouse.
-pub struct AlertSink {
-    pub producer: FutureProducer,
-    pub topic: String,
-}
-
 /// The wallet service (see the module docs).
 pub struct Wallets {
     shared: Arc<Shared>,
@@ -329,7 +323,7 @@ impl Wallets {
     /// entitlement checks; falls back to the last refresh when the mirror is not loaded.
     /// `None` when the tenant has no wallet.
     pub fn balance_now(&self, tenant: &Tenant) -> Option<Decimal> {
-        let cat = self.shared.catalog.load_full();
+        let cat = self.shared.catalog();
         if !has_wallet(&cat, &tenant.id) {
             return None;
         }
@@ -358,10 +352,10 @@ impl Wallets {
         rows: &mut RowsOf,
         now: DateTime<Utc>,
     ) {
-        let Some(tidx) = self.shared.tenants.get(&tenant.id) else {
+        let Some(tidx) = self.shared.tenants().get(&tenant.id) else {
             return;
         };
-        let Some(parts) = self.shared.tenant_partitions.get(&tidx).map(|p| p.clone()) else {
+        let Some(parts) = self.shared.tenant_partitions(tidx) else {
             return;
         };
         let mut starts: Vec<i64> = rows.keys().map(|k| k.0).collect();
@@ -372,7 +366,7 @@ impl Wallets {
             for (i, def) in cat.meters.iter().enumerate() {
                 let meter = MeterId(i as u16);
                 for &partition in &parts {
-                    if let Some(r) = self.shared.rows.get(&RowKey {
+                    if let Some(r) = self.shared.row(&RowKey {
                         tenant: tidx,
                         meter,
                         period_start: start,
@@ -482,7 +476,7 @@ impl Wallets {
     ///
     /// Errors: ClickHouse cannot be read (balances keep their last values).
     pub async fn refresh(&self) -> Result<(), SinkError> {
-        let cat = self.shared.catalog.load_full();
+        let cat = self.shared.catalog();
         let any_wallet = cat.plans.values().any(|p| p.wallet.is_some());
         if !any_wallet {
             self.states.clear();
@@ -492,9 +486,8 @@ impl Wallets {
         let now = Utc::now();
         // Memory rows (newer than flushed ones) of wallet tenants.
         let mut overlay: HashMap<String, RowsOf> = HashMap::new();
-        for r in self.shared.rows.iter() {
-            let k = r.key();
-            let name = self.shared.tenants.name(k.tenant);
+        for (k, r) in self.shared.rows() {
+            let name = self.shared.tenants().name(k.tenant);
             if !has_wallet(&cat, &name) {
                 continue;
             }
@@ -591,13 +584,10 @@ impl Wallets {
             .fetch_one()
             .await?;
         if stored == 0 {
-            if let Some(s) = &self.sink {
-                let body = serde_json::to_vec(&alert).expect("alerts serialize");
-                let rec: FutureRecord<'_, str, Vec<u8>> =
-                    FutureRecord::to(&s.topic).key(&*tenant.id).payload(&body);
-                if let Err((e, _)) = s.producer.send(rec, Duration::from_secs(30)).await {
-                    return Err(SinkError::Data(format!("producing the alert: {e}")));
-                }
+            if let Some(s) = &self.sink
+                && let Err(e) = s.send(&alert).await
+            {
+                return Err(SinkError::Data(format!("producing the alert: {e}")));
             }
             self.ch.insert_alerts(std::slice::from_ref(&alert)).await?;
             metrics::counter!(t::ALERTS, "kind" => kind.to_string()).increment(1);

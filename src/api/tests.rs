@@ -263,7 +263,7 @@ async fn a_reloaded_catalog_is_served_at_once() {
     assert_eq!(body["meters"][0]["limit"], json!("10"));
     let next =
         Config::from_toml_str(&CONFIG.replace("included = \"10\"", "included = \"30\"")).unwrap();
-    s.shared.catalog.store(next.catalog);
+    s.shared.set_catalog(next.catalog);
     let (_, body) = get(&s, "/v1/tenants/capped/usage", Some("tok")).await;
     assert_eq!(body["meters"][0]["limit"], json!("30"));
 }

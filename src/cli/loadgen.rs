@@ -156,14 +156,14 @@ pub fn generate(spec: &LoadSpec) -> impl Iterator<Item = Generated> + '_ {
 /// `callmeter loadgen`: publishes `spec`'s events to the configured topic at `rate` events
 /// per second (unlimited: as fast as possible).
 pub async fn run(config: &Config, spec: LoadSpec, rate: Option<u32>) -> anyhow::Result<()> {
-    let producer = crate::source::kafka::bulk_producer(&config.settings.kafka)?;
+    let producer = crate::ingest::consumer::bulk_producer(&config.settings.kafka)?;
     let topic = &config.settings.kafka.topic;
     let mut dups = 0u64;
     let messages = generate(&spec).map(|g| {
         dups += g.duplicate as u64;
         (g.tenant, g.payload)
     });
-    let (n, took) = crate::source::kafka::publish_all(&producer, topic, messages, rate).await?;
+    let (n, took) = crate::ingest::consumer::publish_all(&producer, topic, messages, rate).await?;
     let secs = took.as_secs_f64();
     println!(
         "published {n} events ({dups} duplicates) for {} tenants to {topic} in {secs:.2} s ({:.0} events/s)",

@@ -178,7 +178,7 @@ pub async fn publish(
     rate: Option<u32>,
 ) -> Result<Duration, rdkafka::error::KafkaError> {
     let messages = events.iter().map(|e| (e.tenant.clone(), e.to_json()));
-    let (_, took) = crate::source::kafka::publish_all(producer, topic, messages, rate).await?;
+    let (_, took) = crate::ingest::consumer::publish_all(producer, topic, messages, rate).await?;
     Ok(took)
 }
 
@@ -200,7 +200,7 @@ pub async fn run(config: &Config, dataset: &Path, rate: Option<u32>) -> anyhow::
     for (f, line, reason) in &stats.errors {
         println!("  unparsable: {f}:{line}: {reason}");
     }
-    let producer = crate::source::kafka::bulk_producer(&config.settings.kafka)?;
+    let producer = crate::ingest::consumer::bulk_producer(&config.settings.kafka)?;
     let took = publish(&producer, &config.settings.kafka.topic, &events, rate).await?;
     println!(
         "published {} events to {} in {:.2} s ({:.0} events/s)",

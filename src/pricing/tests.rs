@@ -1164,7 +1164,7 @@ plan = "p"
         let cat = &c.catalog;
         let t = cat.tenant("acme").unwrap();
         let period = t.period_at(utc("2026-11-10T00:00:00Z"));
-        let tidx = shared.tenants.get("acme");
+        let tidx = shared.tenants().get("acme");
         let u: Vec<MeterUsage> = cat
             .meters
             .iter()

@@ -23,16 +23,28 @@
 //! dedup test compares Kafka timestamps (the arrival time), the future-event test uses the
 //! message timestamp as the clock, and the closed-period test uses the watermark rebuilt from
 //! the checkpoint and the replayed events.
+//!
+//! # Rooms
+//!
+//! - this module: [`Processor`] (decode, dedup, apply, snapshot, restore, evict), the
+//!   per-partition position state and the message and outcome types;
+//! - [`rows`]: rollup rows and [`Shared`], what the readers see;
+//! - [`dedup`]: the per-partition dedup set;
+//! - [`tenants`]: tenant ids and the per-tenant period and plan cache;
+//! - [`alerting`]: fired alert kinds and the next trigger;
+//! - [`batch`]: what a flush writes and a restore reads back.
 
-use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+mod alerting;
+mod batch;
+mod dedup;
+mod rows;
+mod tenants;
 
-use arc_swap::ArcSwap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
-use dashmap::DashMap;
 use rust_decimal::Decimal;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use crate::alerts::{self, Alert};
@@ -40,141 +52,16 @@ use crate::config::Catalog;
 use crate::event::{self, Body, ErrorCode, Event, Rejection};
 use crate::meter::MeterId;
 use crate::period::Period;
-use crate::pricing::{Plan, Tenant};
+use crate::pricing::Plan;
 
-/// Key of one rollup row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RowKey {
-    pub tenant: u32,
-    pub meter: MeterId,
-    /// Unix seconds.
-    pub period_start: i64,
-    pub partition: i32,
-}
+use alerting::AlertEntry;
+use dedup::{DedupSet, dedup_key};
+use tenants::Tenants;
 
-/// One rollup row in memory.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowState {
-    /// Unix seconds.
-    pub period_end: i64,
-    /// Exact raw sum (see [`crate::meter`]).
-    pub raw: Decimal,
-    pub events: u64,
-    /// Events at offsets below this are already included (the stored `through_offset`).
-    pub applied_from: i64,
-    pub dirty: bool,
-}
-
-/// Name -> id, and id -> name.
-type Interned = (FxHashMap<Arc<str>, u32>, Vec<Arc<str>>);
-
-/// Fired alert kinds and the raw sum at which the next one could fire (`None`: recompute).
-type AlertEntry = (SmallVec<[Arc<str>; 4]>, Option<Decimal>);
-
-/// Tenant names interned to small ids, shared with the HTTP API.
-#[derive(Debug, Default)]
-pub struct TenantRegistry {
-    inner: RwLock<Interned>,
-}
-
-impl TenantRegistry {
-    pub fn get(&self, name: &str) -> Option<u32> {
-        self.inner
-            .read()
-            .expect("registry lock")
-            .0
-            .get(name)
-            .copied()
-    }
-    pub fn name(&self, id: u32) -> Arc<str> {
-        self.inner.read().expect("registry lock").1[id as usize].clone()
-    }
-    fn intern(&self, name: &str) -> (u32, Arc<str>) {
-        let mut g = self.inner.write().expect("registry lock");
-        if let Some(id) = g.0.get(name) {
-            let id = *id;
-            return (id, g.1[id as usize].clone());
-        }
-        let id = g.1.len() as u32;
-        let a: Arc<str> = name.into();
-        g.0.insert(a.clone(), id);
-        g.1.push(a.clone());
-        (id, a)
-    }
-    pub fn len(&self) -> usize {
-        self.inner.read().expect("registry lock").1.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Alert state key: (tenant, meter, period_start).
-pub type AlertKey = (u32, MeterId, i64);
-
-/// State shared between the consuming thread and the HTTP API.
-pub struct Shared {
-    pub rows: DashMap<RowKey, RowState, FxBuildHasher>,
-    pub tenants: TenantRegistry,
-    /// Kinds fired per (tenant, meter, period_start).
-    pub alerts: DashMap<AlertKey, SmallVec<[Arc<str>; 4]>, FxBuildHasher>,
-    pub catalog: ArcSwap<Catalog>,
-    /// Partitions owned by this instance and whether each is restored and consuming.
-    pub partitions: RwLock<std::collections::BTreeMap<i32, bool>>,
-    /// Tenant -> partitions on which it has rows in memory.
-    pub tenant_partitions: DashMap<u32, SmallVec<[i32; 2]>, FxBuildHasher>,
-    /// Tenant id -> earliest usage period start seen (one-time allowances).
-    pub first_periods: DashMap<String, i64>,
-    /// Messages the consuming loop took from the source topic since start (progress, for
-    /// `callmeter bench` and tests).
-    pub consumed: AtomicU64,
-}
-
-impl Shared {
-    pub fn new(catalog: Arc<Catalog>) -> Arc<Shared> {
-        Arc::new(Shared {
-            rows: DashMap::with_hasher(FxBuildHasher),
-            tenants: TenantRegistry::default(),
-            alerts: DashMap::with_hasher(FxBuildHasher),
-            catalog: ArcSwap::new(catalog),
-            partitions: RwLock::new(Default::default()),
-            tenant_partitions: DashMap::with_hasher(FxBuildHasher),
-            first_periods: DashMap::new(),
-            consumed: AtomicU64::new(0),
-        })
-    }
-
-    /// Ready: at least one partition owned and all owned partitions restored.
-    pub fn ready(&self) -> bool {
-        let p = self.partitions.read().expect("partitions lock");
-        !p.is_empty() && p.values().all(|r| *r)
-    }
-
-    /// The raw sum of a tenant's meter in a period over the partitions held here, with the
-    /// event count; `None` if no row is in memory.
-    pub fn tenant_raw(
-        &self,
-        tenant: u32,
-        meter: MeterId,
-        period_start: i64,
-    ) -> Option<(Decimal, u64)> {
-        let parts = self.tenant_partitions.get(&tenant)?.clone();
-        let mut found = None;
-        for p in parts {
-            if let Some(r) = self.rows.get(&RowKey {
-                tenant,
-                meter,
-                period_start,
-                partition: p,
-            }) {
-                let (raw, n) = found.get_or_insert((Decimal::ZERO, 0u64));
-                *raw += r.raw;
-                *n += r.events;
-            }
-        }
-        found
-    }
-}
+pub use alerting::{AlertKey, Kinds};
+pub use batch::{Checkpoint, FlushBatch, RawEventRecord, Restored, RollupRecord, StoredRow};
+pub use rows::{RowKey, RowState, Shared};
+pub use tenants::TenantRegistry;
 
 /// A Kafka message handed to [`Processor::process`].
 #[derive(Debug, Clone, Copy)]
@@ -201,60 +88,6 @@ pub enum Outcome {
     Rejected(Rejection),
     /// The partition is not owned or not restored yet; the message is ignored.
     NotOwned,
-}
-
-/// An event identity: the 128-bit hash of (subject, source, id), as two words so that an
-/// entry is 24 bytes, not 32 (a `u128` is 16-byte aligned).
-type DedupKey = (u64, u64);
-
-#[derive(Debug, Default)]
-struct DedupSet {
-    map: FxHashMap<DedupKey, i64>,
-    order: VecDeque<(i64, DedupKey)>,
-}
-
-impl DedupSet {
-    /// True if `key` was accepted at a timestamp >= `ts - window`; otherwise records it.
-    fn check_insert(&mut self, key: DedupKey, ts: i64, window_ms: i64) -> bool {
-        use std::collections::hash_map::Entry;
-        match self.map.entry(key) {
-            Entry::Occupied(mut e) => {
-                if *e.get() >= ts - window_ms {
-                    return true;
-                }
-                e.insert(ts);
-            }
-            Entry::Vacant(e) => {
-                e.insert(ts);
-            }
-        }
-        self.order.push_back((ts, key));
-        false
-    }
-
-    fn evict_before(&mut self, cutoff: i64, max_entries: usize) -> usize {
-        let mut early = 0;
-        while let Some(&(ts, key)) = self.order.front() {
-            let over = self.map.len() > max_entries;
-            if ts >= cutoff && !over {
-                break;
-            }
-            if ts >= cutoff {
-                early += 1;
-            }
-            self.order.pop_front();
-            if let std::collections::hash_map::Entry::Occupied(e) = self.map.entry(key)
-                && *e.get() == ts
-            {
-                e.remove();
-            }
-        }
-        early
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 /// A partition's position and replay state.
@@ -286,26 +119,6 @@ impl PartitionState {
             dirty: Vec::new(),
         }
     }
-}
-
-#[derive(Debug)]
-struct PeriodCache {
-    period: Period,
-    /// The tenant has no plan changes: the plan holds for the whole period (kept here so
-    /// that the hot path need not read the tenant's configuration).
-    one_plan: bool,
-    plan: Arc<Plan>,
-    /// Limit per metered plan meter, for this period.
-    limits: SmallVec<[(MeterId, Option<Decimal>); 4]>,
-}
-
-#[derive(Debug)]
-struct TenantRt {
-    name: Arc<str>,
-    tenant: Arc<Tenant>,
-    cache: Option<PeriodCache>,
-    /// Earliest period start seen for the tenant (one-time allowances).
-    first_period: Option<i64>,
 }
 
 /// Pipeline parameters the processor needs.
@@ -341,100 +154,12 @@ impl Params {
     }
 }
 
-/// One row of a flush batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RollupRecord {
-    pub tenant: Arc<str>,
-    pub meter: Arc<str>,
-    pub period_start: i64,
-    pub period_end: i64,
-    pub value: Decimal,
-    pub raw: Decimal,
-    pub events: u64,
-    pub partition: i32,
-    pub through_offset: i64,
-}
-
-/// A partition checkpoint, written after its rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub partition: i32,
-    pub position: i64,
-    pub watermark_us: i64,
-    pub max_ts_ms: i64,
-}
-
-/// A counted event, for the optional `call_events` table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawEventRecord {
-    pub tenant: Arc<str>,
-    pub event_id: String,
-    pub source: String,
-    pub ty: String,
-    pub time_us: i64,
-    pub data: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// Everything one flush writes, in order: alerts, raw events, rollup state, rollups,
-/// checkpoints; then offsets are committed.
-#[derive(Debug, Default)]
-pub struct FlushBatch {
-    pub alerts: Vec<Alert>,
-    pub raw_events: Vec<RawEventRecord>,
-    pub rows: Vec<RollupRecord>,
-    pub checkpoints: Vec<Checkpoint>,
-}
-
-impl FlushBatch {
-    pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty()
-            && self.raw_events.is_empty()
-            && self.rows.is_empty()
-            && self.checkpoints.is_empty()
-    }
-}
-
-/// A row loaded from ClickHouse on restore.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRow {
-    pub tenant: String,
-    pub meter: String,
-    pub period_start: i64,
-    pub period_end: i64,
-    pub raw: Decimal,
-    pub events: u64,
-    pub through_offset: i64,
-    /// Whether `usage_rollups` lags the state table for this row (rewrite it).
-    pub rollup_stale: bool,
-}
-
-/// Everything restored for one partition.
-#[derive(Debug, Clone, Default)]
-pub struct Restored {
-    pub partition: i32,
-    pub rows: Vec<StoredRow>,
-    /// (tenant, meter, period_start, kind)
-    pub alerts: Vec<(String, String, i64, String)>,
-    pub checkpoint: Option<Checkpoint>,
-    /// The group's committed offset, if any.
-    pub committed: Option<i64>,
-    /// Where consumption restarts (<= the checkpoint position).
-    pub replay_from: i64,
-    /// Earliest stored period per tenant.
-    pub first_periods: Vec<(String, i64)>,
-}
-
 /// The single-threaded heart of the pipeline.
 pub struct Processor {
     shared: Arc<Shared>,
     params: Params,
     catalog: Arc<Catalog>,
-    tenants: Vec<TenantRt>,
-    /// Tenant name -> id; names are kept inline (up to 24 bytes) so a look-up touches one
-    /// cache line less.
-    tenant_ids: FxHashMap<TenantKey, u32>,
+    tenants: Tenants,
     partitions: FxHashMap<i32, PartitionState>,
     alert_state: FxHashMap<AlertKey, AlertEntry>,
     pending_alerts: Vec<Alert>,
@@ -445,27 +170,14 @@ pub struct Processor {
     key_buf: Vec<u8>,
 }
 
-type TenantKey = SmallVec<[u8; 24]>;
-
-fn dedup_key(buf: &mut Vec<u8>, subject: &str, source: &str, id: &str) -> DedupKey {
-    buf.clear();
-    for s in [subject, source, id] {
-        buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        buf.extend_from_slice(s.as_bytes());
-    }
-    let h = xxhash_rust::xxh3::xxh3_128(buf);
-    ((h >> 64) as u64, h as u64)
-}
-
 impl Processor {
     pub fn new(shared: Arc<Shared>, params: Params) -> Processor {
-        let catalog = shared.catalog.load_full();
+        let catalog = shared.catalog();
         Processor {
             shared,
             params,
             catalog,
-            tenants: Vec::new(),
-            tenant_ids: FxHashMap::default(),
+            tenants: Tenants::default(),
             partitions: FxHashMap::default(),
             alert_state: FxHashMap::default(),
             pending_alerts: Vec::new(),
@@ -492,12 +204,7 @@ impl Processor {
             return;
         }
         self.catalog = cur.clone();
-        for t in &mut self.tenants {
-            if let Some(nt) = self.catalog.tenant(&t.name) {
-                t.tenant = nt;
-            }
-            t.cache = None;
-        }
+        self.tenants.reload(&self.catalog);
         for (_, (_, next)) in self.alert_state.iter_mut() {
             *next = None;
         }
@@ -531,38 +238,9 @@ impl Processor {
         v
     }
 
+    #[inline]
     fn tenant_idx(&mut self, name: &str) -> Option<u32> {
-        if let Some(i) = self.tenant_ids.get(name.as_bytes()) {
-            return Some(*i);
-        }
-        let tenant = self.catalog.tenant(name)?;
-        let (id, arc) = self.shared.tenants.intern(name);
-        let idx = id as usize;
-        if self.tenants.len() <= idx {
-            // Ids are dense and interned only here, so this extends by one.
-            while self.tenants.len() < idx {
-                let n = self.shared.tenants.name(self.tenants.len() as u32);
-                let t = self
-                    .catalog
-                    .tenant(&n)
-                    .unwrap_or_else(|| Arc::new(Tenant::on_default_plan(&n, tenant.plan.clone())));
-                self.tenants.push(TenantRt {
-                    name: n,
-                    tenant: t,
-                    cache: None,
-                    first_period: None,
-                });
-            }
-            self.tenants.push(TenantRt {
-                name: arc,
-                tenant,
-                cache: None,
-                first_period: None,
-            });
-        }
-        self.tenant_ids
-            .insert(TenantKey::from_slice(name.as_bytes()), id);
-        Some(id)
+        self.tenants.idx(name, &self.catalog, &self.shared.tenants)
     }
 
     /// Processes one message. Alerts it fires are collected for [`Self::take_new_alerts`].
@@ -631,7 +309,7 @@ impl Processor {
                 ),
             ));
         }
-        let (period, plan) = self.period_and_plan(tidx, ev.time);
+        let (period, plan) = self.tenants.period_and_plan(tidx, ev.time);
         let currency = match &ev.body {
             Body::Call(c) => c.revenue.as_ref().map(|r| &r.currency),
             Body::Revenue(r) => Some(&r.amount.currency),
@@ -722,7 +400,8 @@ impl Processor {
             }
             drop(row);
             applied = true;
-            let spans = *spans.get_or_insert_with(|| self.note_tenant_partition(tidx, m.partition));
+            let spans =
+                *spans.get_or_insert_with(|| self.shared.note_tenant_partition(tidx, m.partition));
             // The tenant's usage: this row, plus its rows on other partitions (rare).
             let raw = if spans {
                 self.shared
@@ -737,7 +416,7 @@ impl Processor {
         self.note_first_period(tidx, period.start);
         if applied && self.params.raw_events {
             self.raw_events.push(RawEventRecord {
-                tenant: self.tenants[tidx as usize].name.clone(),
+                tenant: self.tenants.name(tidx).clone(),
                 event_id: ev.id.to_string(),
                 source: ev.source.to_string(),
                 ty: ev.ty.to_string(),
@@ -755,66 +434,11 @@ impl Processor {
     }
 
     /// Records the tenant's earliest usage period (one-time allowances apply there).
+    #[inline]
     fn note_first_period(&mut self, tidx: u32, start: i64) {
-        let t = &mut self.tenants[tidx as usize];
-        if t.first_period.is_none_or(|f| start < f) {
-            t.first_period = Some(start);
-            t.cache = None;
-            self.shared.first_periods.insert(t.name.to_string(), start);
-        }
-    }
-
-    /// Records that the tenant has rows on `partition`; returns whether it has rows on
-    /// more than one partition.
-    fn note_tenant_partition(&self, tenant: u32, partition: i32) -> bool {
-        if let Some(v) = self.shared.tenant_partitions.get(&tenant)
-            && v.contains(&partition)
-        {
-            return v.len() > 1;
-        }
-        let mut v = self.shared.tenant_partitions.entry(tenant).or_default();
-        if !v.contains(&partition) {
-            v.push(partition);
-        }
-        v.len() > 1
-    }
-
-    /// The usage period containing `t` and the plan in effect, cached per tenant.
-    fn period_and_plan(&mut self, tidx: u32, t: DateTime<Utc>) -> (Period, Arc<Plan>) {
-        let rt = &mut self.tenants[tidx as usize];
-        let ts = t.timestamp();
-        if let Some(c) = &rt.cache
-            && c.one_plan
-            && c.period.contains(ts)
-        {
-            return (c.period, c.plan.clone());
-        }
-        let period = rt.tenant.period_at(t);
-        let plan = rt.tenant.plan_at(t).clone();
-        let first = rt.first_period.is_none_or(|f| f >= period.start);
-        let limits = plan
-            .meters
-            .keys()
-            .map(|m| (*m, rt.tenant.limit(&plan, *m, first)))
-            .collect();
-        rt.cache = Some(PeriodCache {
-            period,
-            one_plan: rt.tenant.plan_changes.is_empty(),
-            plan: plan.clone(),
-            limits,
-        });
-        (period, plan)
-    }
-
-    fn limit_of(&self, tidx: u32, meter: MeterId, period: Period) -> Option<Decimal> {
-        let rt = &self.tenants[tidx as usize];
-        match &rt.cache {
-            Some(c) if c.period == period => c
-                .limits
-                .iter()
-                .find(|(m, _)| *m == meter)
-                .and_then(|(_, l)| *l),
-            _ => None,
+        if self.tenants.note_first_period(tidx, start) {
+            let name = self.tenants.name(tidx).to_string();
+            self.shared.first_periods.insert(name, start);
         }
     }
 
@@ -827,39 +451,22 @@ impl Processor {
         raw: Decimal,
         ev: &Event<'_>,
     ) {
-        let Some(limit) = self.limit_of(tidx, meter, period) else {
+        let Some(limit) = self.tenants.limit_of(tidx, meter, period) else {
             return;
         };
         if limit <= Decimal::ZERO {
             return;
         }
         let akey = (tidx, meter, period.start);
-        let pm = plan.meters.get(&meter);
         let def = self.catalog.meter(meter);
         let entry = self.alert_state.entry(akey).or_default();
-        let next = match entry.1 {
-            Some(n) => n,
-            None => {
-                let n = alerts::next_trigger(plan, pm, Some(limit), &entry.0)
-                    .map(|v| v * def.divisor - def.divisor / Decimal::from(1_000_000))
-                    .unwrap_or(Decimal::MAX);
-                entry.1 = Some(n);
-                n
-            }
+        let Some((usage, kinds)) = alerting::crossed(entry, plan, meter, def, limit, raw) else {
+            return;
         };
-        if raw < next {
-            return;
-        }
-        let usage = def.value(raw);
-        let kinds = alerts::crossed(plan, pm, Some(limit), usage, &entry.0);
-        entry.1 = None;
-        if kinds.is_empty() {
-            return;
-        }
+        let fired = entry.0.clone();
         let fired_at = Utc::now();
-        let tenant = self.tenants[tidx as usize].name.clone();
+        let tenant = self.tenants.name(tidx).clone();
         for k in &kinds {
-            entry.0.push(k.clone());
             let a = Alert::new(
                 &tenant,
                 &def.name,
@@ -874,149 +481,7 @@ impl Processor {
             self.new_alerts.push(a.clone());
             self.pending_alerts.push(a);
         }
-        self.shared.alerts.insert(akey, entry.0.clone());
-    }
-
-    /// Takes a flush batch: every dirty row (marked clean) with `through_offset` = its
-    /// partition's position, a checkpoint per partition, and pending alerts and raw events.
-    pub fn snapshot(&mut self) -> FlushBatch {
-        let mut batch = FlushBatch {
-            alerts: std::mem::take(&mut self.pending_alerts),
-            raw_events: std::mem::take(&mut self.raw_events),
-            ..Default::default()
-        };
-        let mut parts: Vec<i32> = self.partitions.keys().copied().collect();
-        parts.sort_unstable();
-        for p in parts {
-            let ps = self.partitions.get_mut(&p).expect("listed");
-            let rows_before = batch.rows.len();
-            for key in ps.dirty.drain(..) {
-                let Some(mut row) = self.shared.rows.get_mut(&key) else {
-                    continue;
-                };
-                if !row.dirty {
-                    continue;
-                }
-                row.dirty = false;
-                let def = self.catalog.meter(key.meter);
-                // A restored row includes every event below its stored `through_offset`;
-                // while the partition replays below that offset nothing new is applied to
-                // it, so it is written at that offset, never lower (a lower version would
-                // lose against the stored one in `ReplacingMergeTree(through_offset)`).
-                let through = ps.position.max(row.applied_from);
-                batch.rows.push(RollupRecord {
-                    tenant: self.tenants[key.tenant as usize].name.clone(),
-                    meter: def.name.clone(),
-                    period_start: key.period_start,
-                    period_end: row.period_end,
-                    value: def.value(row.raw),
-                    raw: row.raw,
-                    events: row.events,
-                    partition: p,
-                    through_offset: through,
-                });
-            }
-            // No checkpoint (and so no offset commit) while the partition replays below its
-            // restored position: that would move the group's committed offset backwards.
-            let progressed = ps.position > ps.flushed_position || batch.rows.len() > rows_before;
-            if progressed && ps.position >= ps.replay_until {
-                batch.checkpoints.push(Checkpoint {
-                    partition: p,
-                    position: ps.position,
-                    watermark_us: ps.watermark_us,
-                    max_ts_ms: ps.max_ts_ms,
-                });
-            }
-        }
-        self.dirty_rows = 0;
-        batch
-    }
-
-    /// Records that a flush succeeded up to the checkpoints' positions, and frees memory:
-    /// dedup entries out of the window and clean rows of periods that can take no more events.
-    pub fn flushed(&mut self, checkpoints: &[Checkpoint]) {
-        for c in checkpoints {
-            if let Some(ps) = self.partitions.get_mut(&c.partition) {
-                ps.flushed_position = ps.flushed_position.max(c.position);
-            }
-        }
-        self.evict();
-    }
-
-    /// Returns a snapshot's rows to dirty after a failed flush (so a later one rewrites them)
-    /// and its alerts and raw events to pending.
-    pub fn unflushed(&mut self, batch: FlushBatch) {
-        for r in &batch.rows {
-            let Some(tidx) = self.tenant_ids.get(r.tenant.as_bytes()).copied() else {
-                continue;
-            };
-            let Some(mid) = self.catalog.meter_id(&r.meter) else {
-                continue;
-            };
-            let key = RowKey {
-                tenant: tidx,
-                meter: mid,
-                period_start: r.period_start,
-                partition: r.partition,
-            };
-            if let Some(mut row) = self.shared.rows.get_mut(&key)
-                && !row.dirty
-            {
-                row.dirty = true;
-                self.dirty_rows += 1;
-                if let Some(ps) = self.partitions.get_mut(&r.partition) {
-                    ps.dirty.push(key);
-                }
-            }
-        }
-        let mut alerts = batch.alerts;
-        alerts.append(&mut self.pending_alerts);
-        self.pending_alerts = alerts;
-        let mut raw = batch.raw_events;
-        raw.append(&mut self.raw_events);
-        self.raw_events = raw;
-    }
-
-    fn evict(&mut self) {
-        let grace = self.params.grace_secs;
-        let window = self.params.dedup_window_ms + self.params.replay_margin_ms();
-        let per_partition_max = self.params.max_dedup_entries / self.partitions.len().max(1);
-        let mut closed_before: FxHashMap<i32, i64> = FxHashMap::default();
-        for (p, ps) in self.partitions.iter_mut() {
-            if ps.max_ts_ms != i64::MIN {
-                self.dedup_evicted_early += ps
-                    .dedup
-                    .evict_before(ps.max_ts_ms - window, per_partition_max)
-                    as u64;
-            }
-            if ps.watermark_us != i64::MIN {
-                closed_before.insert(*p, ps.watermark_us.div_euclid(1_000_000) - grace);
-            }
-        }
-        if closed_before.is_empty() {
-            return;
-        }
-        let before = self.shared.rows.len();
-        self.shared.rows.retain(|k, r| {
-            match closed_before.get(&k.partition) {
-                // Closed: period_end + grace < watermark.
-                Some(limit) if r.period_end < *limit && !r.dirty => false,
-                _ => true,
-            }
-        });
-        if self.shared.rows.len() == before {
-            return;
-        }
-        // Alert state of (tenant, meter, period)s whose rows are all gone: their periods are
-        // closed in every partition that had events for them, so no alert can fire again.
-        let live: rustc_hash::FxHashSet<AlertKey> = self
-            .shared
-            .rows
-            .iter()
-            .map(|e| (e.key().tenant, e.key().meter, e.key().period_start))
-            .collect();
-        self.alert_state.retain(|k, _| live.contains(k));
-        self.shared.alerts.retain(|k, _| live.contains(k));
+        self.shared.alerts.insert(akey, fired);
     }
 
     /// Takes ownership of a partition being restored: nothing is consumed until
@@ -1080,7 +545,7 @@ impl Processor {
                     .dirty
                     .push(key);
             }
-            self.note_tenant_partition(tidx, p);
+            self.shared.note_tenant_partition(tidx, p);
         }
         for (t, meter, start, kind) in r.alerts {
             let Some(tidx) = self.tenant_idx(&t) else {
@@ -1090,10 +555,7 @@ impl Processor {
                 continue;
             };
             let e = self.alert_state.entry((tidx, mid, start)).or_default();
-            if !e.0.iter().any(|k| **k == *kind) {
-                e.0.push(kind.into());
-            }
-            e.1 = None;
+            alerting::restore_kind(e, &kind);
             self.shared.alerts.insert((tidx, mid, start), e.0.clone());
         }
         self.shared

@@ -3,7 +3,7 @@
 //! reports as pending, send them, and record the outcome.
 //!
 //! One cycle:
-//! 1. Ownership: the partitions this instance owns (`Shared.partitions`). A group (tenant,
+//! 1. Ownership: the partitions this instance owns (`Shared::owned_partitions`). A group (tenant,
 //!    meter, period) is reported by the owner of its lowest source partition, so instances
 //!    split the work the way Kafka splits partitions.
 //! 2. Resync (at start, when ownership changes and every 5 minutes): the units reported per
@@ -170,14 +170,7 @@ impl Reporter {
         }
         let real_start = Utc::now().timestamp();
         let now = real_start + self.clock_offset;
-        let current: BTreeSet<i32> = self
-            .shared
-            .partitions
-            .read()
-            .expect("partitions lock")
-            .keys()
-            .copied()
-            .collect();
+        let current: BTreeSet<i32> = self.shared.owned_partitions().into_iter().collect();
         let owned = if current.is_empty() && last {
             self.owned.clone()
         } else {
@@ -208,7 +201,7 @@ impl Reporter {
             self.since.map(|s| s - SINCE_MARGIN_SECS)
         };
         let usage = ledger::usage(&self.ch, &self.meter_names, since).await?;
-        let catalog = self.shared.catalog.load();
+        let catalog = self.shared.catalog();
         let mut fresh: Vec<Report> = Vec::new();
         let mut too_old: Vec<Report> = Vec::new();
         for u in &usage {

@@ -33,7 +33,7 @@ pub async fn entitlement(
     Path((tenant, meter)): Path<(String, String)>,
 ) -> Result<Json<pricing::Entitlement>, ApiError> {
     let t = tenant_of(&s, &tenant).await?;
-    let cat = s.shared.catalog.load_full();
+    let cat = s.shared.catalog();
     let Some(mid) = cat.meter_id(&meter) else {
         return Err(ApiError::UnknownMeter(meter));
     };

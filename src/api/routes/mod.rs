@@ -20,7 +20,7 @@ pub mod tenant_usage;
 /// Errors: [`ApiError::UnknownTenant`]; [`ApiError::TenantLookup`] when ClickHouse was needed
 /// and could not be read.
 async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
-    let cat = s.shared.catalog.load();
+    let cat = s.shared.catalog();
     if let Some(t) = cat.tenants.get(id) {
         return Ok(t.clone());
     }
@@ -28,7 +28,7 @@ async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
     if cat.default_plan.is_none() || !crate::event::valid_subject(id) {
         return Err(unknown());
     }
-    if s.shared.tenants.get(id).is_some() {
+    if s.shared.tenants().get(id).is_some() {
         return cat.tenant(id).ok_or_else(unknown);
     }
     match usage::stored_first_period(&s.ch, id).await {

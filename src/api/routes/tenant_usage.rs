@@ -172,13 +172,13 @@ pub async fn usage_body(
     tenant: &Tenant,
     at: DateTime<Utc>,
 ) -> Result<UsageBody, ApiError> {
-    let cat = s.shared.catalog.load_full();
+    let cat = s.shared.catalog();
     let period = tenant.period_at(at);
     let now = Utc::now().max(at);
     let plan = tenant.plan_for_period(period, now).clone();
     let first = is_first_period(s, tenant, period).await?;
     let pu = usage::period_usage(&s.shared, &s.ch, &cat, &tenant.id, period.start).await?;
-    let tidx = s.shared.tenants.get(&tenant.id);
+    let tidx = s.shared.tenants().get(&tenant.id);
     let mut stored_alerts: Option<HashMap<String, Vec<String>>> = None;
     let mut meters = Vec::new();
     for mid in priced_meters(&plan) {
@@ -195,7 +195,7 @@ pub async fn usage_body(
         };
         let mut alerts: Vec<String> = match tidx
             .filter(|_| pu.from_memory)
-            .and_then(|t| s.shared.alerts.get(&(t, mid, period.start)))
+            .and_then(|t| s.shared.fired_alerts(&(t, mid, period.start)))
         {
             Some(a) => a.iter().map(|k| k.to_string()).collect(),
             None if pu.from_memory => vec![],

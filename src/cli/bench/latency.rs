@@ -16,7 +16,7 @@ use super::setup::{Names, Running, client_config, plain_consumer, set_up};
 use super::{Options, Table, quantile, rate, thousands, wait_for};
 use crate::cli::loadgen::{self, LoadSpec};
 use crate::config::{Config, KafkaSettings};
-use crate::source::kafka;
+use crate::ingest::consumer as kafka;
 
 /// Alert arrivals: (crossing event id, arrival since the run's base instant).
 type Arrivals = Vec<(String, Duration)>;

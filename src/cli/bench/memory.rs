@@ -104,11 +104,11 @@ pub(super) fn memory(config: &Config, o: &Options, table: &mut Table) -> anyhow:
     // 1. Every tenant, one call in an earlier usage period: tenants + 2 rows each + dedup.
     let n1 = s.calls("m1", t, 1, now - ChronoDuration::days(40));
     let rss1 = rss_bytes().unwrap_or(rss0);
-    let rows1 = s.proc.shared().rows.len();
+    let rows1 = s.proc.shared().row_count();
     // 2. Every tenant, one call in the current period: 2 new rows each + dedup, no tenants.
     let n2 = s.calls("m2", t, 1, now - ChronoDuration::hours(1));
     let rss2 = rss_bytes().unwrap_or(rss1);
-    let rows2 = s.proc.shared().rows.len();
+    let rows2 = s.proc.shared().row_count();
     // 3. More calls of the same tenants and period: only dedup entries grow.
     let per_tenant = o.dedup_sample.div_ceil(t.max(1) as u64);
     let before = s.proc.dedup_entries();
@@ -198,7 +198,7 @@ mod tests {
             s.calls("t", 50, 3, Utc::now() - ChronoDuration::hours(1)),
             150
         );
-        assert_eq!(s.proc.shared().rows.len(), 100);
+        assert_eq!(s.proc.shared().row_count(), 100);
         assert_eq!(s.proc.dedup_entries(), 150);
         assert!(s.proc.snapshot().alerts.is_empty());
     }

@@ -9,7 +9,7 @@
 //!   window of the configuration at `--dedup-rate` events per second.
 //! - **throughput**: `--events` loadgen events are produced to a fresh topic; then (a) a
 //!   plain consumer that does nothing but count reads them all, and (b) the pipeline of
-//!   `callmeter run` ([`crate::pipeline::run`], in-process, fresh group and database) reads
+//!   `callmeter run` ([`crate::ingest::run`], in-process, fresh group and database) reads
 //!   them until ClickHouse holds every one. Rates are timed from each consumer's first
 //!   message, so that group joining and partition restore are left out of both.
 //! - **latency**: the pipeline runs on a fresh topic while events are produced at `--rate`;

@@ -3,7 +3,6 @@
 //! pipeline of `callmeter run` on its own thread ([`Running`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -79,7 +78,7 @@ impl Running {
         let (s, stop, handle) = (shared.clone(), shutdown.clone(), rt.handle().clone());
         let thread = std::thread::Builder::new()
             .name("callmeter-consumer".into())
-            .spawn(move || crate::pipeline::run(config, s, stop, handle))
+            .spawn(move || crate::ingest::run(config, s, stop, handle, Default::default()))
             .context("starting the consumer thread")?;
         Ok(Running {
             shared,
@@ -89,7 +88,7 @@ impl Running {
     }
 
     pub(super) fn consumed(&self) -> u64 {
-        self.shared.consumed.load(Ordering::Relaxed)
+        self.shared.consumed()
     }
 
     pub(super) fn stop(self) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use super::setup::{Running, plain_consumer, set_up, stored_calls};
 use super::{Options, Table, rate, thousands};
 use crate::cli::loadgen::{self, LoadSpec};
 use crate::config::{Config, KafkaSettings};
-use crate::source::kafka;
+use crate::ingest::consumer as kafka;
 
 /// Reads `n` messages, doing nothing with them; the time from the first to the last.
 fn raw_consume(

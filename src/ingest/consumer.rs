@@ -1,5 +1,6 @@
-//! Kafka clients: the consumer-group member with its rebalance hooks, and the producer for
-//! dead-letter messages and alerts.
+//! Kafka client settings and look-ups: the consumer-group member with its rebalance hooks
+//! ([`GroupContext`]), the producer for dead-letter messages and alerts, a bulk producer
+//! for the tools (replay, loadgen, bench), and the offset look-ups a restore needs.
 //!
 //! Offsets are never auto-committed or auto-stored (`enable.auto.commit = false`,
 //! `enable.auto.offset.store = false`, as in Vector's Kafka source and rust-rdkafka's
@@ -8,7 +9,7 @@
 //! context forwards them to [`RebalanceHandler`], which may block there (bounded) to flush
 //! before partitions are handed over.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -30,18 +31,23 @@ pub trait RebalanceHandler: Send + Sync {
     fn stats(&self, _stats: &Statistics) {}
 }
 
+/// The group member.
+pub type GroupConsumer = BaseConsumer<GroupContext>;
+
 /// Consumer context: forwards rebalances and statistics to the installed handler.
 pub struct GroupContext {
     pub topic: String,
-    handler: Mutex<Option<Arc<dyn RebalanceHandler>>>,
+    handler: OnceLock<Arc<dyn RebalanceHandler>>,
 }
 
 impl GroupContext {
+    /// Installs the handler (once; later calls are ignored). Until then rebalances only
+    /// pause assigned partitions.
     pub fn set_handler(&self, h: Arc<dyn RebalanceHandler>) {
-        *self.handler.lock().expect("handler lock") = Some(h);
+        let _ = self.handler.set(h);
     }
-    fn handler(&self) -> Option<Arc<dyn RebalanceHandler>> {
-        self.handler.lock().expect("handler lock").clone()
+    fn handler(&self) -> Option<&Arc<dyn RebalanceHandler>> {
+        self.handler.get()
     }
 }
 
@@ -128,7 +134,7 @@ pub fn consumer(
     }
     c.create_with_context(GroupContext {
         topic: s.topic.clone(),
-        handler: Mutex::new(None),
+        handler: OnceLock::new(),
     })
 }
 

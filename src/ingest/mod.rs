@@ -1,0 +1,248 @@
+//! The consuming side: one thread polls Kafka, feeds each message to the [`Processor`], and
+//! routes the outcome (counted, duplicate, replayed, dead-lettered; alerts produced).
+//!
+//! The thread owns one [`Engine`] (the processor, the deliveries not yet awaited, partition
+//! generations and pending seeks, the flush in flight, the brokers' high offsets). Rebalance
+//! callbacks run on the same thread inside `poll`, so the engine's one mutex is never
+//! contended; it exists because the consumer's context must be `Sync`. The engine is never
+//! locked across `poll` or while waiting on a flush. Flush and restore tasks get owned
+//! inputs and answer on channels.
+//!
+//! Every `flush_interval`, or when `max_dirty_rows` rows are dirty, the thread starts a flush
+//! ([`flush`]). While ClickHouse is down it keeps consuming until twice `max_dirty_rows`
+//! rows are dirty, then pauses its partitions and resumes once a flush lands
+//! ([`rebalance`]). On revocation it flushes and commits synchronously (bounded by
+//! `shutdown_timeout`); on assignment partitions stay paused until their state is restored
+//! from ClickHouse, then they seek to their replay start and resume. Dead-letter messages
+//! and alerts go through the [`outbox`]; Kafka client settings are in [`consumer`].
+
+pub mod consumer;
+mod flush;
+pub mod outbox;
+mod rebalance;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::sink::clickhouse::ClickHouse;
+use crate::state::{InMessage, Outcome, Params, Processor, Shared};
+use crate::telemetry as t;
+
+/// The consuming thread's state (see the module docs).
+struct Engine {
+    proc: Processor,
+    outbox: outbox::Outbox,
+    /// Assigned partitions: generation and restore task.
+    assigned: HashMap<i32, rebalance::Assignment>,
+    /// Restored partitions waiting for their seek: (partition, replay start).
+    pending_seek: Vec<(i32, i64)>,
+    /// Consumption paused: too many rows wait for ClickHouse.
+    paused: bool,
+    in_flight: Option<mpsc::Receiver<flush::FlushDone>>,
+    hi_offsets: HashMap<i32, i64>,
+}
+
+/// What the consuming thread shares with its rebalance callbacks.
+struct Core {
+    engine: Mutex<Engine>,
+    flusher: flush::Flusher,
+    restorer: rebalance::Restorer,
+    topic: Arc<str>,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+    rt: tokio::runtime::Handle,
+    tasks: TaskTracker,
+}
+
+impl Core {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().expect("engine lock")
+    }
+}
+
+/// Local counters, published to the metrics registry a few times a second.
+#[derive(Default)]
+struct Counters {
+    consumed: u64,
+    counted: u64,
+    duplicate: u64,
+    replayed: u64,
+    already: u64,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    fn publish(&mut self) {
+        metrics::counter!(t::EVENTS_CONSUMED).increment(std::mem::take(&mut self.consumed));
+        metrics::counter!(t::EVENTS_COUNTED).increment(std::mem::take(&mut self.counted));
+        metrics::counter!(t::EVENTS_DUPLICATE).increment(std::mem::take(&mut self.duplicate));
+        metrics::counter!(t::EVENTS_REPLAYED).increment(std::mem::take(&mut self.replayed));
+        metrics::counter!(t::EVENTS_ALREADY_COUNTED).increment(std::mem::take(&mut self.already));
+        for (code, n) in std::mem::take(&mut self.rejected) {
+            metrics::counter!(t::EVENTS_REJECTED, "reason" => code).increment(n);
+            metrics::counter!(t::DLQ_PRODUCED).increment(n);
+        }
+    }
+}
+
+/// Runs the pipeline until `shutdown` is cancelled; then drains, flushes, commits. Flush,
+/// restore and alert tasks run on `rt`, tracked by `tasks`.
+///
+/// Errors: Kafka clients cannot be created or the topic cannot be subscribed.
+pub fn run(
+    config: Config,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    rt: tokio::runtime::Handle,
+    tasks: TaskTracker,
+) -> anyhow::Result<()> {
+    for code in crate::event::ErrorCode::ALL {
+        metrics::counter!(t::EVENTS_REJECTED, "reason" => code.as_str()).increment(0);
+    }
+    metrics::counter!(t::COMMIT_FAILURES).increment(0);
+    metrics::counter!(t::FLUSH_FAILURES).increment(0);
+    metrics::counter!(t::DEDUP_EVICTED_EARLY).increment(0);
+    let ks = &config.settings.kafka;
+    let consumer = Arc::new(consumer::consumer(ks)?);
+    let producer = consumer::producer(ks)?;
+    let params = Params::from_settings(&config.settings);
+    let (restored_tx, restored_rx) = mpsc::channel();
+    let ch = ClickHouse::new(&config.settings.clickhouse);
+    let topic: Arc<str> = ks.topic.as_str().into();
+    let core = Arc::new(Core {
+        flusher: flush::Flusher {
+            ch: ch.clone(),
+            producer: producer.clone(),
+            consumer: Arc::downgrade(&consumer),
+            topic: topic.clone(),
+            shutdown: shutdown.clone(),
+        },
+        restorer: rebalance::Restorer {
+            ch,
+            consumer: Arc::downgrade(&consumer),
+            topic: topic.clone(),
+            params: params.clone(),
+            done: restored_tx,
+        },
+        engine: Mutex::new(Engine {
+            proc: Processor::new(shared.clone(), params),
+            outbox: outbox::Outbox::new(producer, ks),
+            assigned: HashMap::new(),
+            pending_seek: Vec::new(),
+            paused: false,
+            in_flight: None,
+            hi_offsets: HashMap::new(),
+        }),
+        topic: topic.clone(),
+        shutdown: shutdown.clone(),
+        shutdown_timeout: config.settings.pipeline.shutdown_timeout,
+        rt,
+        tasks,
+    });
+    consumer
+        .context()
+        .set_handler(Arc::new(rebalance::Handler { core: core.clone() }));
+    consumer.subscribe(&[&ks.topic])?;
+    tracing::info!(topic = %ks.topic, group = %ks.group_id, "consuming");
+
+    let ps = &config.settings.pipeline;
+    let mut last_flush = Instant::now();
+    let mut last_publish = Instant::now();
+    let mut counters = Counters::default();
+
+    while !shutdown.is_cancelled() {
+        {
+            let mut e = core.engine();
+            e.collect_flush();
+            e.install_restored(&restored_rx);
+            e.seek_pending(&consumer, &topic);
+            // Flush triggers and back-pressure.
+            let dirty = e.proc.dirty_rows();
+            if last_flush.elapsed() >= ps.flush_interval || dirty >= ps.max_dirty_rows {
+                core.start_flush(&mut e);
+                last_flush = Instant::now();
+            }
+            let over = dirty >= ps.max_dirty_rows.saturating_mul(2);
+            e.pause_or_resume(&consumer, &topic, over, dirty);
+            if last_publish.elapsed() >= Duration::from_millis(500) {
+                e.proc.refresh_catalog();
+                counters.publish();
+                publish_gauges(&e, &shared);
+                last_publish = Instant::now();
+            }
+        }
+
+        let Some(res) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let msg = match res {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        if msg.topic() != &*topic {
+            continue;
+        }
+        counters.consumed += 1;
+        shared.count_consumed();
+        let ts = msg.timestamp().to_millis();
+        let m = InMessage {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            payload: msg.payload(),
+            timestamp_ms: ts,
+        };
+        let mut e = core.engine();
+        let e = &mut *e;
+        match e.proc.process(&m, Utc::now()) {
+            Outcome::Counted => counters.counted += 1,
+            Outcome::Duplicate => counters.duplicate += 1,
+            Outcome::Replayed => counters.replayed += 1,
+            Outcome::AlreadyCounted => counters.already += 1,
+            Outcome::NotOwned => {}
+            Outcome::Rejected(r) => {
+                *counters.rejected.entry(r.code.as_str()).or_default() += 1;
+                e.outbox.dead_letter(&msg, &r);
+            }
+        }
+        for a in &e.proc.take_new_alerts() {
+            e.outbox.alert(a, ts, &core.tasks, &core.rt);
+        }
+    }
+
+    tracing::info!("shutting down: final flush");
+    counters.publish();
+    let ok = core.flush_now(ps.shutdown_timeout);
+    tracing::info!(flushed = ok, "final flush done");
+    consumer.unsubscribe();
+    drop(consumer);
+    Ok(())
+}
+
+fn publish_gauges(e: &Engine, shared: &Shared) {
+    let proc = &e.proc;
+    metrics::gauge!(t::DIRTY_ROWS).set(proc.dirty_rows() as f64);
+    metrics::gauge!(t::DEDUP_ENTRIES).set(proc.dedup_entries() as f64);
+    metrics::counter!(t::DEDUP_EVICTED_EARLY).absolute(proc.dedup_evicted_early());
+    metrics::gauge!(t::STATE_ROWS).set(shared.row_count() as f64);
+    metrics::gauge!(t::PARTITIONS_OWNED).set(shared.owned_partitions().len() as f64);
+    metrics::gauge!(t::READY).set(if shared.ready() { 1.0 } else { 0.0 });
+    for (p, pos) in proc.positions() {
+        let label = p.to_string();
+        metrics::gauge!(t::PARTITION_POSITION, "partition" => label.clone()).set(pos as f64);
+        if let Some(h) = e.hi_offsets.get(&p) {
+            metrics::gauge!(t::CONSUMER_LAG, "partition" => label).set((h - pos).max(0) as f64);
+        }
+    }
+}

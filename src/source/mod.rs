@@ -1,3 +1,0 @@
-//! Where the pipeline reads: Kafka.
-
-pub mod kafka;

@@ -1,0 +1,184 @@
+//! The rollup rows in memory and [`Shared`], the view of the processor's state that the
+//! HTTP API, the usage gauges, wallets and the Stripe reporter read (through methods; only
+//! the processor writes). A row's `raw` is the exact sum in meter units times the meter's
+//! divisor (see [`crate::meter`]); period starts and ends are Unix seconds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use rust_decimal::Decimal;
+use rustc_hash::FxBuildHasher;
+use smallvec::SmallVec;
+
+use super::alerting::{AlertKey, Kinds};
+use super::tenants::TenantRegistry;
+use crate::config::Catalog;
+use crate::meter::MeterId;
+
+/// Key of one rollup row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey {
+    pub tenant: u32,
+    pub meter: MeterId,
+    /// Unix seconds.
+    pub period_start: i64,
+    pub partition: i32,
+}
+
+/// One rollup row in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowState {
+    /// Unix seconds.
+    pub period_end: i64,
+    /// Exact raw sum (see [`crate::meter`]).
+    pub raw: Decimal,
+    pub events: u64,
+    /// Events at offsets below this are already included (the stored `through_offset`).
+    pub applied_from: i64,
+    pub dirty: bool,
+}
+
+/// State shared between the consuming thread and the HTTP API.
+pub struct Shared {
+    pub(super) rows: DashMap<RowKey, RowState, FxBuildHasher>,
+    pub(super) tenants: TenantRegistry,
+    /// Kinds fired per (tenant, meter, period_start).
+    pub(super) alerts: DashMap<AlertKey, Kinds, FxBuildHasher>,
+    pub(super) catalog: ArcSwap<Catalog>,
+    /// Partitions owned by this instance and whether each is restored and consuming.
+    pub(super) partitions: RwLock<BTreeMap<i32, bool>>,
+    /// Tenant -> partitions on which it has rows in memory.
+    pub(super) tenant_partitions: DashMap<u32, SmallVec<[i32; 2]>, FxBuildHasher>,
+    /// Tenant id -> earliest usage period start seen (one-time allowances).
+    pub(super) first_periods: DashMap<String, i64>,
+    /// Messages the consuming loop took from the source topic since start (progress, for
+    /// `callmeter bench` and tests).
+    pub(super) consumed: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(catalog: Arc<Catalog>) -> Arc<Shared> {
+        Arc::new(Shared {
+            rows: DashMap::with_hasher(FxBuildHasher),
+            tenants: TenantRegistry::default(),
+            alerts: DashMap::with_hasher(FxBuildHasher),
+            catalog: ArcSwap::new(catalog),
+            partitions: RwLock::new(Default::default()),
+            tenant_partitions: DashMap::with_hasher(FxBuildHasher),
+            first_periods: DashMap::new(),
+            consumed: AtomicU64::new(0),
+        })
+    }
+
+    /// The catalog in effect (the processor picks a new one up within half a second).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// Publishes a reloaded catalog.
+    pub fn set_catalog(&self, catalog: Arc<Catalog>) {
+        self.catalog.store(catalog);
+    }
+
+    /// Tenant names and their ids.
+    pub fn tenants(&self) -> &TenantRegistry {
+        &self.tenants
+    }
+
+    /// A copy of one row, if in memory.
+    pub fn row(&self, key: &RowKey) -> Option<RowState> {
+        self.rows.get(key).map(|r| r.clone())
+    }
+
+    /// Rows in memory.
+    pub fn row_count(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Every row in memory, copied one at a time (a shard of the map stays locked while the
+    /// iterator is on it).
+    pub fn rows(&self) -> impl Iterator<Item = (RowKey, RowState)> + '_ {
+        self.rows.iter().map(|r| (*r.key(), r.value().clone()))
+    }
+
+    /// The partitions on which a tenant has rows in memory.
+    pub fn tenant_partitions(&self, tenant: u32) -> Option<SmallVec<[i32; 2]>> {
+        self.tenant_partitions.get(&tenant).map(|v| v.clone())
+    }
+
+    /// Alert kinds fired for (tenant, meter, period_start), if its state is in memory.
+    pub fn fired_alerts(&self, key: &AlertKey) -> Option<Kinds> {
+        self.alerts.get(key).map(|v| v.clone())
+    }
+
+    /// The tenant's earliest usage period start seen (Unix seconds).
+    pub fn first_period(&self, tenant: &str) -> Option<i64> {
+        self.first_periods.get(tenant).map(|v| *v)
+    }
+
+    /// Partitions owned by this instance, ascending (restored or not).
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        let p = self.partitions.read().expect("partitions lock");
+        p.keys().copied().collect()
+    }
+
+    /// Counts one message taken from the source topic.
+    pub fn count_consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages taken from the source topic since start.
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
+    }
+
+    /// Ready: at least one partition owned and all owned partitions restored.
+    pub fn ready(&self) -> bool {
+        let p = self.partitions.read().expect("partitions lock");
+        !p.is_empty() && p.values().all(|r| *r)
+    }
+
+    /// The raw sum of a tenant's meter in a period over the partitions held here, with the
+    /// event count; `None` if no row is in memory.
+    pub fn tenant_raw(
+        &self,
+        tenant: u32,
+        meter: MeterId,
+        period_start: i64,
+    ) -> Option<(Decimal, u64)> {
+        let parts = self.tenant_partitions.get(&tenant)?.clone();
+        let mut found = None;
+        for p in parts {
+            if let Some(r) = self.rows.get(&RowKey {
+                tenant,
+                meter,
+                period_start,
+                partition: p,
+            }) {
+                let (raw, n) = found.get_or_insert((Decimal::ZERO, 0u64));
+                *raw += r.raw;
+                *n += r.events;
+            }
+        }
+        found
+    }
+
+    /// Records that the tenant has rows on `partition`; returns whether it has rows on
+    /// more than one partition.
+    #[inline]
+    pub(super) fn note_tenant_partition(&self, tenant: u32, partition: i32) -> bool {
+        if let Some(v) = self.tenant_partitions.get(&tenant)
+            && v.contains(&partition)
+        {
+            return v.len() > 1;
+        }
+        let mut v = self.tenant_partitions.entry(tenant).or_default();
+        if !v.contains(&partition) {
+            v.push(partition);
+        }
+        v.len() > 1
+    }
+}
