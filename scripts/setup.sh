@@ -46,7 +46,7 @@ fi
 # chdb-core: ClickHouse 26.x in-process, to check the DDL on a current engine.
 if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   echo "setup: installing chdb-core (pip)"
-  python3 -m pip install --quiet --user chdb-core 2>/dev/null \
+  python3 -m pip install --quiet chdb-core 2>/dev/null \
     || python3 -m pip install --quiet --user --break-system-packages chdb-core
 fi
 
