@@ -11,6 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --all-targets
+CALLMETER_TEST_BROKER=tansu cargo test --release --test it realdata
 python3 scripts/check_ddl_current.py
 if [ -d prometheus/tests ]; then
   for t in prometheus/tests/*.yml; do promtool test rules "$t"; done

@@ -1,4 +1,5 @@
-//! Integration tests against real tansu and real ClickHouse (see `common`).
+//! Integration tests against a real broker (Apache Kafka, or tansu) and real ClickHouse (see
+//! `common`).
 
 mod common;
 mod faults;
