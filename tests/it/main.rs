@@ -7,4 +7,5 @@ mod malformed;
 mod pricing;
 mod prometheus;
 mod realdata;
+mod rebalance;
 mod stripe;
