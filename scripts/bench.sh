@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end measurements (BENCHMARKS.md): brings up a local Kafka-compatible broker (tansu)
+# End-to-end measurements (BENCHMARKS.md): brings up Apache Kafka (BROKER=tansu: tansu)
 # and ClickHouse as local processes, the way scripts/demo.sh does (installing them when
 # missing), then runs `callmeter bench` against them. Everything it starts is stopped on
 # exit; state lives in .bench/.
@@ -7,8 +7,10 @@
 #   scripts/bench.sh [callmeter bench options]      e.g. scripts/bench.sh --rate 50000
 #
 # BENCH_CONFIG=FILE: another configuration (default examples/bench.toml).
-# BENCH_ENGINE=memory (default) or sqlite: tansu's storage engine. The memory engine is the
-# one to measure throughput on; the SQLite engine slows down as topics grow.
+# BROKER=kafka (default) or tansu: the broker (scripts/local-servers.sh).
+# BENCH_ENGINE=memory (default) or sqlite: tansu's storage engine, with BROKER=tansu. The
+# memory engine is the one to measure throughput on; the SQLite engine slows down as topics
+# grow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The main job, end to end on the real call records (1999 Anonymous Bank call center):
-# brings up a local Kafka-compatible broker (tansu) and ClickHouse as local processes
+# brings up Apache Kafka (BROKER=tansu: tansu) and ClickHouse as local processes
 # (installing them when missing), creates topics and tables, runs the pipeline, replays the
 # records through it, and prints per tenant and month the calls, minutes, alerts and charges
 # read back from ClickHouse, then per tenant what the Stripe test server received next to
 # ClickHouse's totals. Everything it starts is stopped on exit; state lives in .demo/.
 #
-#   scripts/demo.sh [DATASET_DIR]      (default: ../shared/data/anonbank)
+#   scripts/demo.sh [DATASET_DIR]      (default: data/anonbank, shipped in the repo)
+#
+# BROKER=tansu runs it on tansu (SQLite engine) instead of Apache Kafka.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-DATASET=${1:-$ROOT/../shared/data/anonbank}
+DATASET=${1:-$ROOT/data/anonbank}
 CONFIG=$ROOT/examples/anonbank.toml
 DEMO=$ROOT/.demo
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -34,8 +36,7 @@ echo "demo: starting the Stripe test server on 127.0.0.1:$STRIPE_PORT"
 pids+=($!)
 
 for t in call-events:4 call-events.dlq:1 usage-alerts:1; do
-  tansu topic create "${t%%:*}" --partitions "${t##*:}" --config retention.ms=-1 \
-    --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null
+  create_topic "${t%%:*}" "${t##*:}"
 done
 
 export CALLMETER_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"

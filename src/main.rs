@@ -114,12 +114,10 @@ impl Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    if let Err(e) = callmeter::telemetry::init_logging() {
+        eprintln!("{e}");
+        std::process::exit(2);
+    }
 }
 
 fn load(path: &Path) -> Result<Config, ConfigError> {

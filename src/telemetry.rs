@@ -1,7 +1,14 @@
-//! Metric names in one place, described at start-up, and the Prometheus recorder.
+//! Metric names in one place, described at start-up, and the Prometheus recorder; the log
+//! subscriber ([`init_logging`]).
+//!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info,rdkafka=warn`), as text with
+//! ANSI colours only when stderr is a terminal, or as one JSON object per line with
+//! `CALLMETER_LOG_FORMAT=json` (for log collectors). An unknown format is [`LogFormatError`].
 //!
 //! Counters end in `_total`, units are in the names (`_seconds`, `_bytes`), every name starts
 //! with `callmeter_`. The `/metrics` route renders [`Telemetry::render`].
+
+use std::io::IsTerminal;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -226,4 +233,64 @@ fn describe() {
         "Configuration reloads, by `result` (ok, rejected)."
     );
     describe_gauge!(BUILD_INFO, "Always 1, with the `version` label.");
+}
+
+/// `CALLMETER_LOG_FORMAT` names no known format.
+#[derive(Debug, thiserror::Error)]
+#[error("CALLMETER_LOG_FORMAT must be text or json, not {0:?}")]
+pub struct LogFormatError(pub String);
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours when stderr is a terminal.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`).
+    Json,
+}
+
+impl LogFormat {
+    /// Parses a `CALLMETER_LOG_FORMAT` value (unset or empty: text).
+    pub fn parse(value: Option<&str>) -> Result<LogFormat, LogFormatError> {
+        match value.map(str::trim) {
+            None | Some("") | Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => Err(LogFormatError(other.to_string())),
+        }
+    }
+}
+
+/// Installs the global log subscriber (stderr, `RUST_LOG`, `CALLMETER_LOG_FORMAT`).
+pub fn init_logging() -> Result<(), LogFormatError> {
+    let format = LogFormat::parse(std::env::var("CALLMETER_LOG_FORMAT").ok().as_deref())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod log_format_tests {
+    use super::*;
+
+    #[test]
+    fn log_format_values() {
+        assert_eq!(LogFormat::parse(None).unwrap(), LogFormat::Text);
+        assert_eq!(LogFormat::parse(Some("")).unwrap(), LogFormat::Text);
+        assert_eq!(LogFormat::parse(Some("text")).unwrap(), LogFormat::Text);
+        assert_eq!(LogFormat::parse(Some("json")).unwrap(), LogFormat::Json);
+        let e = LogFormat::parse(Some("xml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "CALLMETER_LOG_FORMAT must be text or json, not \"xml\""
+        );
+    }
 }

@@ -6,6 +6,9 @@
 //! `time` = `date` + `vru_entry` in Asia/Jerusalem, `duration_ms` = 1000 x (max(vru_time, 0) +
 //! q_time + ser_time), `handled_by` = `human` for `AGENT` outcomes. Rows that do not parse
 //! are counted and reported, never fatal.
+//!
+//! Publishing shows its progress on stderr: a bar with the rate and the time left when
+//! stderr is a terminal (indicatif), otherwise a plain line every 5 s ([`Progress`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -177,9 +180,124 @@ pub async fn publish(
     events: &[ReplayEvent],
     rate: Option<u32>,
 ) -> Result<Duration, rdkafka::error::KafkaError> {
-    let messages = events.iter().map(|e| (e.tenant.clone(), e.to_json()));
-    let (_, took) = crate::ingest::consumer::publish_all(producer, topic, messages, rate).await?;
-    Ok(took)
+    let progress = Progress::new(events.len() as u64);
+    let messages = events.iter().map(|e| {
+        progress.inc();
+        (e.tenant.clone(), e.to_json())
+    });
+    let result = crate::ingest::consumer::publish_all(producer, topic, messages, rate).await;
+    progress.finish();
+    Ok(result?.1)
+}
+
+/// Replay progress on stderr: an indicatif bar on a terminal, plain lines otherwise.
+pub struct Progress {
+    total: u64,
+    inner: ProgressKind,
+}
+
+enum ProgressKind {
+    Bar(indicatif::ProgressBar),
+    Lines(std::sync::Mutex<Lines>),
+}
+
+struct Lines {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    done: u64,
+}
+
+impl Progress {
+    /// How often a plain progress line is written.
+    pub const LINE_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// A bar when stderr is a terminal, plain lines otherwise.
+    pub fn new(total: u64) -> Progress {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            Progress::bar(total)
+        } else {
+            Progress::lines(total)
+        }
+    }
+
+    fn bar(total: u64) -> Progress {
+        let bar = indicatif::ProgressBar::new(total);
+        let style = indicatif::ProgressStyle::with_template(
+            "replay {bar:40.cyan/blue} {human_pos}/{human_len} events, {per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        Progress {
+            total,
+            inner: ProgressKind::Bar(bar),
+        }
+    }
+
+    /// Plain lines (for logs and pipes).
+    pub fn lines(total: u64) -> Progress {
+        let now = std::time::Instant::now();
+        Progress {
+            total,
+            inner: ProgressKind::Lines(std::sync::Mutex::new(Lines {
+                started: now,
+                last: now,
+                done: 0,
+            })),
+        }
+    }
+
+    /// One more event handed to the producer.
+    pub fn inc(&self) {
+        match &self.inner {
+            ProgressKind::Bar(b) => b.inc(1),
+            ProgressKind::Lines(l) => {
+                let mut l = l.lock().expect("progress lock");
+                l.done += 1;
+                if l.last.elapsed() >= Self::LINE_INTERVAL {
+                    l.last = std::time::Instant::now();
+                    eprintln!("{}", progress_line(l.done, self.total, l.started.elapsed()));
+                }
+            }
+        }
+    }
+
+    /// Clears the bar (the caller prints the summary).
+    pub fn finish(&self) {
+        if let ProgressKind::Bar(b) = &self.inner {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `replay: 12,000/64,423 events (18%), 2,000 events/s, 26 s left`.
+pub fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let rate = done as f64 / secs;
+    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let left = if rate > 0.0 {
+        format!("{:.0} s left", total.saturating_sub(done) as f64 / rate)
+    } else {
+        "time left unknown".to_string()
+    };
+    format!(
+        "replay: {}/{} events ({pct}%), {} events/s, {left}",
+        thousands(done),
+        thousands(total),
+        thousands(rate.round() as u64)
+    )
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `callmeter replay`: loads the data set, prints what it holds, publishes it to the
@@ -241,6 +359,23 @@ mod tests {
         let r = parse_row("AA0101 33116 9664491 2 NW 990215 10:00:00 10:00:36 -192 0:00:36 0:03:09 10 HANG 0:00:00 0:00:00 5 NO_SERVER").unwrap().unwrap();
         assert_eq!(r.duration_ms, 15_000);
         assert_eq!(r.tenant, "anonbank-nw");
+    }
+
+    #[test]
+    fn plain_progress_lines() {
+        assert_eq!(
+            progress_line(12_000, 64_423, Duration::from_secs(6)),
+            "replay: 12,000/64,423 events (18%), 2,000 events/s, 26 s left"
+        );
+        assert_eq!(
+            progress_line(0, 10, Duration::ZERO),
+            "replay: 0/10 events (0%), 0 events/s, time left unknown"
+        );
+        let p = Progress::lines(3);
+        for _ in 0..3 {
+            p.inc();
+        }
+        p.finish();
     }
 
     #[test]

@@ -80,7 +80,12 @@ impl Settings {
     }
 
     fn from_figment(f: Figment) -> Result<Settings, ConfigError> {
-        let f = f.merge(Env::prefixed("CALLMETER_").split("__"));
+        // CALLMETER_LOG_FORMAT is read before the configuration (telemetry::init_logging).
+        let f = f.merge(
+            Env::prefixed("CALLMETER_")
+                .ignore(&["log_format"])
+                .split("__"),
+        );
         f.extract::<Settings>().map_err(|e| {
             let key = if e.path.is_empty() {
                 "<root>".to_string()

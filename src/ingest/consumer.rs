@@ -123,9 +123,18 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "300000");
+    // Under the KIP-848 consumer protocol (`group.protocol = "consumer"` in
+    // [kafka.properties]) the broker owns session timeout, heartbeat interval and assignor;
+    // librdkafka refuses the client-side settings there.
+    let classic = s
+        .properties
+        .get("group.protocol")
+        .is_none_or(|v| v.0 != "consumer");
+    if classic {
+        c.set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+    }
     if let Some(id) = &s.group_instance_id {
         c.set("group.instance.id", id).set("client.id", id);
     }

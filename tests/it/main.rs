@@ -1,4 +1,5 @@
-//! Integration tests against real tansu and real ClickHouse (see `common`).
+//! Integration tests against a real broker (Apache Kafka, or tansu) and real ClickHouse (see
+//! `common`).
 
 mod common;
 mod faults;
@@ -6,5 +7,6 @@ mod malformed;
 mod pricing;
 mod prometheus;
 mod realdata;
+mod rebalance;
 #[cfg(feature = "testkit")]
 mod stripe;

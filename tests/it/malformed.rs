@@ -8,16 +8,7 @@ use chrono::{SecondsFormat, Utc};
 
 use crate::common::{World, eventually};
 
-const PRICING: &str = r#"
-[plans.starter]
-currency = "USD"
-base_fee = "79.00"
-[plans.starter.meters.call_minutes]
-included = "120"
-overage_rate = "0.22"
-[tenants.acme]
-plan = "starter"
-"#;
+const PRICING: &str = include_str!("../fixtures/starter-acme.toml");
 
 fn event(id: &str, tenant: &str, time: &str, data: &str) -> String {
     format!(

@@ -11,65 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::{World, eventually};
 
-const PRICING: &str = r#"
-[pricing]
-default_plan = "free"
-wallet_refresh_interval = "300ms"
-watch_interval = "500ms"
-
-[plans.free]
-currency = "USD"
-
-[plans.starter]
-currency = "USD"
-base_fee = "79.00"
-[plans.starter.meters.call_minutes]
-included = "120"
-overage_rate = "0.22"
-[plans.starter.addons.extra_minutes]
-meter = "call_minutes"
-included = "100"
-price = "15.00"
-
-[plans.capped]
-currency = "USD"
-[plans.capped.meters.call_minutes]
-included = "10"
-hard_limit = true
-
-[plans.per_call]
-currency = "EUR"
-base_fee = "49.00"
-[plans.per_call.meters.calls]
-rate = "0.50"
-
-[plans.prepaid]
-currency = "USD"
-[plans.prepaid.meters.call_minutes]
-rate = "0.10"
-[plans.prepaid.wallet]
-monthly_grant = "15.00"
-low_balance = "10.00"
-
-[tenants.acme]
-plan = "starter"
-timezone = "Europe/Paris"
-anchor_day = 15
-addons = { extra_minutes = 2 }
-
-[tenants.capped]
-plan = "capped"
-
-[tenants.bistro]
-plan = "per_call"
-timezone = "Europe/Paris"
-
-[tenants.walleted]
-plan = "prepaid"
-
-[tenants.saver]
-plan = "prepaid"
-"#;
+const PRICING: &str = include_str!("../fixtures/pricing-plans.toml");
 
 fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -1,5 +1,6 @@
-//! Test fixture: real ClickHouse and real tansu processes, a fresh database and topic set per
-//! test, and the `callmeter` binary run as a child process.
+//! Test fixture: real ClickHouse and real broker processes (Apache Kafka by default, tansu
+//! with `CALLMETER_TEST_BROKER=tansu`), a fresh database and topic set per test, and the
+//! `callmeter` binary run as a child process.
 //!
 //! Servers are started once per test binary (shared) or per test (when a test stops or
 //! restarts them). Every child process is spawned by one long-lived supervisor thread with
@@ -171,7 +172,26 @@ impl Drop for ClickHouseServer {
     }
 }
 
-/// tansu storage engines.
+/// The broker the suite runs on: Apache Kafka by default, tansu with
+/// `CALLMETER_TEST_BROKER=tansu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Apache Kafka (the version pinned in `scripts/kafka/pom.xml`), KRaft combined mode.
+    Kafka,
+    /// tansu 0.6, a Kafka-compatible broker without Java.
+    Tansu,
+}
+
+/// The broker flavor chosen for this test process.
+pub fn flavor() -> Flavor {
+    match std::env::var("CALLMETER_TEST_BROKER").as_deref() {
+        Ok("tansu") => Flavor::Tansu,
+        Ok("kafka") | Err(_) => Flavor::Kafka,
+        Ok(other) => panic!("CALLMETER_TEST_BROKER must be kafka or tansu, not {other}"),
+    }
+}
+
+/// tansu storage engines (Apache Kafka always keeps its log on disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     /// Persists across broker restarts; offsets_for_times is right.
@@ -180,57 +200,178 @@ pub enum Engine {
     Memory,
 }
 
-/// A tansu broker process.
+/// The Apache Kafka jars installed by `scripts/setup.sh` (or `CALLMETER_KAFKA_LIBS`).
+fn kafka_libs() -> PathBuf {
+    let dir = std::env::var_os("CALLMETER_KAFKA_LIBS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/kafka/libs"));
+    assert!(
+        dir.join(".").is_dir(),
+        "no Apache Kafka jars in {}: run scripts/setup.sh (or CALLMETER_TEST_BROKER=tansu)",
+        dir.display()
+    );
+    dir
+}
+
+fn kafka_java(libs: &Path) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.arg(format!(
+        "-Dlog4j2.configurationFile={}",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts/kafka/log4j2.yaml")
+            .display()
+    ))
+    .arg("-cp")
+    .arg(format!("{}/*", libs.display()));
+    cmd
+}
+
+/// A broker process: Apache Kafka or tansu, per [`flavor`].
 pub struct Broker {
     pub addr: String,
+    pub flavor: Flavor,
     port: u16,
+    /// Apache Kafka's controller listener.
+    controller_port: u16,
     dir: PathBuf,
     engine: Engine,
     child: Option<Child>,
+    /// How long the last start took until the broker answered metadata requests.
+    pub started_in: Duration,
 }
 
 impl Broker {
+    /// A broker of this process's flavor; `engine` applies to tansu only.
     pub fn start(name: &str, engine: Engine) -> Broker {
-        let dir = test_root().join(format!("tansu-{name}"));
+        let flavor = flavor();
+        let dir = test_root().join(format!(
+            "{}-{name}",
+            match flavor {
+                Flavor::Kafka => "kafka",
+                Flavor::Tansu => "tansu",
+            }
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let mut b = Broker {
             addr: format!("127.0.0.1:{port}"),
+            flavor,
             port,
+            controller_port: free_port(),
             dir,
             engine,
             child: None,
+            started_in: Duration::ZERO,
         };
+        if flavor == Flavor::Kafka {
+            b.format_kafka();
+        }
         b.launch();
         b
     }
 
-    fn launch(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let storage = match self.engine {
-            Engine::Sqlite => "sqlite://tansu.db".to_string(),
-            Engine::Memory => "memory://tansu/".to_string(),
-        };
-        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
-        let mut cmd = Command::new("tansu");
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", &storage])
-        .current_dir(&self.dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-        self.child = Some(spawn(cmd));
+    /// Writes Apache Kafka's `server.properties` (KRaft combined mode, one node, all state
+    /// under the broker's directory) and formats its log directory.
+    fn format_kafka(&self) {
+        let (port, ctl) = (self.port, self.controller_port);
+        let data = self.dir.join("data");
+        let props = format!(
+            "process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{ctl}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.consumer.min.session.timeout.ms=5000
+group.consumer.session.timeout.ms=10000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=1000
+",
+            data = data.display()
+        );
+        std::fs::write(self.dir.join("server.properties"), props).unwrap();
+        let out = kafka_java(&kafka_libs())
+            .args(["kafka.tools.StorageTool", "format", "--standalone"])
+            .args(["-t", &kafka_cluster_id()])
+            .arg("-c")
+            .arg(self.dir.join("server.properties"))
+            .output()
+            .expect("run Kafka's StorageTool (java)");
         assert!(
-            wait_port(self.port, Duration::from_secs(30)),
-            "tansu did not start"
+            out.status.success(),
+            "formatting Kafka's log dir: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 
+    fn launch(&mut self) {
+        let started = Instant::now();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .unwrap();
+        let mut cmd = match self.flavor {
+            Flavor::Kafka => {
+                let mut cmd = kafka_java(&kafka_libs());
+                cmd.args(["-Xms256m", "-Xmx512m", "kafka.Kafka"])
+                    .arg(self.dir.join("server.properties"));
+                cmd
+            }
+            Flavor::Tansu => {
+                let url = format!("tcp://127.0.0.1:{}", self.port);
+                let storage = match self.engine {
+                    Engine::Sqlite => "sqlite://tansu.db".to_string(),
+                    Engine::Memory => "memory://tansu/".to_string(),
+                };
+                let mut cmd = Command::new("tansu");
+                cmd.args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", &storage]);
+                cmd
+            }
+        };
+        cmd.current_dir(&self.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(spawn(cmd));
+        assert!(
+            wait_port(self.port, Duration::from_secs(90)),
+            "the broker ({:?}) did not start; see {}",
+            self.flavor,
+            self.dir.join("broker.log").display()
+        );
+        if self.flavor == Flavor::Kafka {
+            wait_metadata(&self.addr, Duration::from_secs(60));
+        }
+        self.started_in = started.elapsed();
+        eprintln!(
+            "broker: {:?} on {} answered after {:.1} s",
+            self.flavor,
+            self.addr,
+            self.started_in.as_secs_f64()
+        );
+    }
+
+    /// Kills the broker (SIGKILL: an outage without a clean shutdown).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -238,36 +379,70 @@ impl Broker {
         }
     }
 
+    /// Starts it again on the same ports and state.
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
     }
 
-    /// Creates a topic (tansu does not auto-create).
+    /// The broker's resident memory in kB (from /proc), when running.
+    pub fn rss_kb(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Creates a topic (neither broker auto-creates).
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new("tansu")
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--config", "retention.ms=-1"])
-            .args(["--broker", &format!("tcp://{}", self.addr)])
-            .output()
-            .expect("tansu topic create");
-        assert!(
-            out.status.success(),
-            "creating topic {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_topic(&self.addr, name, partitions);
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A random KRaft cluster id (a UUID, URL-safe base64 without padding).
+fn kafka_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes: [u8; 16] = rand::random();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Waits until the broker answers a metadata request.
+fn wait_metadata(brokers: &str, timeout: Duration) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.fetch_metadata(None, Duration::from_secs(5)) {
+            Ok(md) if !md.brokers().is_empty() => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "the broker at {brokers} answers no metadata: {:?}",
+                other.err()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -307,25 +482,59 @@ pub fn shared() -> &'static Shared {
     })
 }
 
-/// Creates a topic on the shared broker.
+/// Creates a topic with unlimited retention: with rdkafka's admin client on Apache Kafka,
+/// with tansu's CLI on tansu.
 pub fn create_topic(brokers: &str, name: &str, partitions: u32) {
-    let out = Command::new("tansu")
-        .args([
-            "topic",
-            "create",
-            name,
-            "--partitions",
-            &partitions.to_string(),
-        ])
-        .args(["--config", "retention.ms=-1"])
-        .args(["--broker", &format!("tcp://{brokers}")])
-        .output()
-        .expect("tansu topic create");
-    assert!(
-        out.status.success(),
-        "creating topic {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    match flavor() {
+        Flavor::Kafka => create_topic_admin(brokers, name, partitions, &[]),
+        Flavor::Tansu => {
+            let out = Command::new("tansu")
+                .args([
+                    "topic",
+                    "create",
+                    name,
+                    "--partitions",
+                    &partitions.to_string(),
+                ])
+                .args(["--config", "retention.ms=-1"])
+                .args(["--broker", &format!("tcp://{brokers}")])
+                .output()
+                .expect("tansu topic create");
+            assert!(
+                out.status.success(),
+                "creating topic {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Creates a topic with rdkafka's admin client, with extra topic configs.
+pub fn create_topic_admin(brokers: &str, name: &str, partitions: u32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut topic = NewTopic::new(name, partitions as i32, TopicReplication::Fixed(1))
+        .set("retention.ms", "-1");
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // The admin future needs no runtime; block on it off any async worker.
+    let results = std::thread::scope(|s| {
+        s.spawn(|| futures::executor::block_on(admin.create_topics([&topic], &opts)))
+            .join()
+            .expect("admin thread")
+    })
+    .expect("create topics");
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("creating topic {t}: {e}");
+        }
+    }
 }
 
 /// A unique name for this test's resources.
@@ -601,6 +810,11 @@ tokens = ["test-token"]
     pub fn api(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.api_port)
     }
+
+    /// The broker flavor this world runs on.
+    pub fn flavor(&self) -> Flavor {
+        flavor()
+    }
 }
 
 /// A consumed message.
@@ -736,7 +950,7 @@ where
     false
 }
 
-/// The shared data set directory.
+/// The Anonymous Bank call records shipped in the repository.
 pub fn dataset_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/anonbank")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/anonbank")
 }
