@@ -45,7 +45,13 @@ fn meters() -> Vec<MeterDef> {
         filters,
         builtin: None,
     };
-    m.push(custom("units", Some("units"), Decimal::ONE, Rounding::None, vec![]));
+    m.push(custom(
+        "units",
+        Some("units"),
+        Decimal::ONE,
+        Rounding::None,
+        vec![],
+    ));
     m.push(custom(
         "milli_units",
         Some("units"),
@@ -69,7 +75,10 @@ fn meters() -> Vec<MeterDef> {
         Decimal::ONE,
         Rounding::None,
         vec![
-            (FieldPath::parse("flag").expect("path"), WhereValue::Bool(true)),
+            (
+                FieldPath::parse("flag").expect("path"),
+                WhereValue::Bool(true),
+            ),
             (
                 FieldPath::parse("n").expect("path"),
                 WhereValue::Num(Decimal::from(3)),
