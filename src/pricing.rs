@@ -817,7 +817,7 @@ mod overflow_tests {
 [plans.p]
 currency = "USD"
 base_fee = "79228162514264337593543950335"
-revenue_share = "2"
+revenue_share = "0.5"
 [plans.p.meters.call_minutes]
 included = "10"
 overage_rate = "1000"
@@ -883,7 +883,7 @@ plan = "t"
         let e = input_charges("a", &[(crate::meter::CALLS, huge)]).unwrap_err();
         assert!(e.to_string().contains("usage charge of calls"), "{e}");
         let e = input_charges("a", &[(crate::meter::REVENUE, huge)]).unwrap_err();
-        assert!(e.to_string().contains("revenue share"), "{e}");
+        assert!(e.to_string().contains("total"), "{e}");
         let e = input_charges("v", &[(CALL_MINUTES, huge)]).unwrap_err();
         assert!(
             e.to_string().contains("tiered charge of call_minutes"),
