@@ -4,6 +4,10 @@
 //! Each kind fires at most once per (tenant, meter, usage period). The `alert_id` is a
 //! deterministic function of (tenant, meter, period_start, kind), so an alert repeated after a
 //! crash carries the same id and consumers can drop the repeat.
+//!
+//! Arithmetic is checked and exact: a threshold `ratio x limit` beyond [`Decimal`]'s range
+//! is above every usage, so it is never crossed (no error to report); the overage cap uses
+//! [`try_overage_charge`], whose only error (no cap) cannot occur here.
 
 use std::sync::Arc;
 
@@ -13,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
-use crate::pricing::{Plan, PlanMeter, overage_charge};
+use crate::pricing::{Plan, PlanMeter, try_overage_charge};
 
 pub const OVERAGE: &str = "overage";
 pub const OVERAGE_CAP: &str = "overage_cap";
@@ -36,7 +40,7 @@ pub fn crossed(
     };
     let done = |k: &str| fired.iter().any(|f| &**f == k);
     for th in &plan.thresholds {
-        if usage >= th.ratio * limit && !done(&th.kind) {
+        if trigger(th.ratio, limit).is_some_and(|at| usage >= at) && !done(&th.kind) {
             out.push(th.kind.clone());
         }
     }
@@ -47,7 +51,7 @@ pub fn crossed(
         && let Some(cap) = pm.overage_cap
         && pm.overage_rate.is_some()
         && usage > limit
-        && overage_charge(pm, usage, limit) >= cap
+        && try_overage_charge(pm, usage, limit).is_ok_and(|c| c >= cap)
         && !done(OVERAGE_CAP)
     {
         out.push(Arc::from(OVERAGE_CAP));
@@ -70,8 +74,10 @@ pub fn next_trigger(
         best = Some(best.map_or(v, |b| b.min(v)));
     };
     for th in &plan.thresholds {
-        if !done(&th.kind) {
-            consider(th.ratio * limit);
+        if !done(&th.kind)
+            && let Some(at) = trigger(th.ratio, limit)
+        {
+            consider(at);
         }
     }
     if !done(OVERAGE) {
@@ -86,6 +92,12 @@ pub fn next_trigger(
         consider(limit);
     }
     best
+}
+
+/// The usage at which a threshold fires: `ratio x limit`, `None` when that is beyond
+/// [`Decimal`]'s range (no usage reaches it).
+pub fn trigger(ratio: Decimal, limit: Decimal) -> Option<Decimal> {
+    ratio.checked_mul(limit)
 }
 
 /// Deterministic id: the first 32 hex digits of SHA-256 over the identifying fields.
@@ -228,6 +240,28 @@ mod tests {
             .map(|s| Arc::from(*s))
             .collect();
         assert_eq!(next_trigger(&p, pm, l, &all), None);
+    }
+
+    #[test]
+    fn huge_limits_never_panic() {
+        let p = plan("");
+        let pm = p.meters.get(&CALL_MINUTES);
+        let l = Some(Decimal::MAX);
+        // 2 x MAX would be beyond range: such a threshold is never reached.
+        assert_eq!(trigger(Decimal::TWO, Decimal::MAX), None);
+        assert_eq!(
+            kinds(&crossed(&p, pm, l, Decimal::MAX, &[])),
+            ["80%", "100%"]
+        );
+        assert_eq!(
+            next_trigger(&p, pm, l, &[]),
+            trigger(Decimal::new(8, 1), Decimal::MAX)
+        );
+        let all: Vec<Arc<str>> = vec!["80%".into(), "100%".into()];
+        assert_eq!(next_trigger(&p, pm, l, &all), Some(Decimal::MAX));
+        // Overage cap on a usage far above a small limit.
+        let got = crossed(&p, pm, Some(Decimal::ONE), Decimal::MAX, &[]);
+        assert_eq!(kinds(&got), ["80%", "100%", "overage", "overage_cap"]);
     }
 
     #[test]

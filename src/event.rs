@@ -260,13 +260,36 @@ pub fn decode<'a>(
     decode_general(payload, known_type)
 }
 
+/// Both decoders' answers, for the fuzz target and the property tests: the one-pass
+/// decoder's (`None` when it leaves the payload to the general decoder) and the general
+/// decoder's. [`decode`] is correct only if, whenever the first is `Some`, the second is `Ok`
+/// with the same event.
+#[doc(hidden)]
+pub fn decode_paths<'a>(
+    payload: &'a [u8],
+    known_type: impl Fn(&str) -> bool,
+) -> (Option<Event<'a>>, Result<Event<'a>, Rejection>) {
+    (
+        fast::call_completed(payload, &known_type),
+        decode_general(payload, known_type),
+    )
+}
+
 /// The general decoder: serde_json into the envelope, then the typed `data`.
 fn decode_general<'a>(
     payload: &'a [u8],
     known_type: impl Fn(&str) -> bool,
 ) -> Result<Event<'a>, Rejection> {
-    if !payload.first().is_some_and(|_| true) {
+    if payload.is_empty() {
         return Err(Rejection::new(ErrorCode::InvalidJson, "empty payload"));
+    }
+    // CONTRACT section 1: UTF-8. serde_json does not check strings it skips (unknown
+    // attributes), so check the whole payload.
+    if let Err(e) = std::str::from_utf8(payload) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidJson,
+            format!("not UTF-8: {e}"),
+        ));
     }
     let env: Envelope<'a> = match serde_json::from_slice(payload) {
         Ok(e) => e,
@@ -405,28 +428,83 @@ fn opt_str_field<'a>(
     }
 }
 
-/// Parses a CONTRACT decimal: a JSON string `-?digits(.digits{1,6})?`.
-pub fn parse_decimal_str(s: &str) -> Result<Decimal, String> {
+/// The most fraction digits a counted number may have: `Decimal(38, 9)`.
+pub const MAX_FRACTION_DIGITS: usize = 9;
+/// The most integer digits a counted number may have: `Decimal(38, 9)`.
+pub const MAX_INTEGER_DIGITS: usize = 29;
+/// The most fraction digits of a decimal amount in an event (CONTRACT section 1).
+pub const MAX_AMOUNT_FRACTION_DIGITS: usize = 6;
+
+/// Parses `-?digits(.digits)?` (no exponent, no sign but `-`) into an exact decimal with at
+/// most `max_frac` fraction digits that fits `Decimal(38, 9)` and is held exactly by
+/// [`Decimal`] (28 to 29 significant digits: up to 79228162514264337593543950335 in
+/// magnitude). `-0` is zero. Errors are human text naming the value.
+fn parse_exact(s: &str, max_frac: usize) -> Result<Decimal, String> {
+    let shown = truncate(s);
     let body = s.strip_prefix('-').unwrap_or(s);
     let (int, frac) = match body.split_once('.') {
         Some((i, f)) => (i, Some(f)),
         None => (body, None),
     };
     if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("`{s}` is not a decimal number"));
+        return Err(format!("`{shown}` is not a decimal number"));
     }
     if let Some(f) = frac {
         if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("`{s}` is not a decimal number"));
+            return Err(format!("`{shown}` is not a decimal number"));
         }
-        if f.len() > 6 {
-            return Err(format!("`{s}` has more than 6 fraction digits"));
+        if f.len() > max_frac {
+            return Err(format!(
+                "`{shown}` has more than {max_frac} fraction digits"
+            ));
         }
     }
-    if int.len() > 22 {
-        return Err(format!("`{s}` is too large"));
+    let significant = int.trim_start_matches('0');
+    if significant.len() > MAX_INTEGER_DIGITS {
+        return Err(format!(
+            "`{shown}` is too large: counted numbers must fit Decimal(38, 9), at most {MAX_INTEGER_DIGITS} integer digits"
+        ));
     }
-    Decimal::from_str(s).map_err(|_| format!("`{s}` is not a decimal number"))
+    // Leading zeros cost precision in the parser: parse the canonical text.
+    let text: Cow<'_, str> = if significant.len() == int.len() {
+        Cow::Borrowed(s)
+    } else {
+        let mut t = String::with_capacity(s.len());
+        if s.starts_with('-') {
+            t.push('-');
+        }
+        t.push_str(if significant.is_empty() {
+            "0"
+        } else {
+            significant
+        });
+        if let Some(f) = frac {
+            t.push('.');
+            t.push_str(f);
+        }
+        Cow::Owned(t)
+    };
+    let too_large = || {
+        format!(
+            "`{shown}` is too large to be counted exactly (the largest magnitude is {})",
+            Decimal::MAX
+        )
+    };
+    let mut d = Decimal::from_str(&text).map_err(|_| too_large())?;
+    // The parser rounds digits it cannot hold: only an exact value is counted.
+    if d.scale() as usize != frac.map_or(0, str::len) {
+        return Err(too_large());
+    }
+    if d.is_zero() {
+        d.set_sign_positive(true);
+    }
+    Ok(d)
+}
+
+/// Parses a CONTRACT decimal: a JSON string `-?digits(.digits{1,6})?` that fits
+/// `Decimal(38, 9)` exactly (see [`parse_exact`]).
+pub fn parse_decimal_str(s: &str) -> Result<Decimal, String> {
+    parse_exact(s, MAX_AMOUNT_FRACTION_DIGITS)
 }
 
 fn decimal_field(v: Option<&RawValue>, name: &str) -> Result<Decimal, Rejection> {
@@ -587,32 +665,85 @@ fn decode_topup(data: &RawValue) -> Result<WalletTopUp<'_>, Rejection> {
     })
 }
 
+/// The members of a JSON object in order, duplicates kept (a map would keep one silently).
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(kv) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    out.push(kv);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
 /// Looks up a (dotted) field in a JSON object (its raw text), returning its raw JSON text.
+/// `None` when a segment is missing or not inside an object, or when a key on the path is
+/// repeated (see [`try_lookup`] to tell these apart).
 pub fn lookup<'a>(data: &'a str, path: &[String]) -> Option<&'a RawValue> {
+    try_lookup(data, path).ok().flatten()
+}
+
+/// Like [`lookup`], but a key repeated on the path (`{"n":1,"n":2}`: which one counts?) is an
+/// error naming it.
+pub fn try_lookup<'a>(data: &'a str, path: &[String]) -> Result<Option<&'a RawValue>, String> {
     let mut text = data;
     let mut found = None;
     for seg in path {
-        let map: std::collections::HashMap<Cow<'a, str>, &'a RawValue> =
-            serde_json::from_str(text).ok()?;
-        let v = map.get(seg.as_str()).copied()?;
+        let Ok(Members(members)) = serde_json::from_str::<Members<'a>>(text) else {
+            return Ok(None);
+        };
+        let mut hits = members.iter().filter(|(k, _)| k == seg);
+        let Some((_, v)) = hits.next() else {
+            return Ok(None);
+        };
+        if hits.next().is_some() {
+            return Err(format!("key `{}` appears more than once", truncate(seg)));
+        }
         text = v.get();
-        found = Some(v);
+        found = Some(*v);
     }
-    found
+    Ok(found)
 }
 
-/// A JSON value as an exact decimal: a number literal (no exponent) or a decimal string.
+/// A JSON value as an exact decimal: a number literal (no exponent, at most 9 fraction
+/// digits) or a decimal string (at most 6 fraction digits), fitting `Decimal(38, 9)`.
 pub fn raw_decimal(v: &RawValue) -> Result<Decimal, String> {
     let t = v.get().trim();
-    if let Some(inner) = t.strip_prefix('"') {
-        let s: String = serde_json::from_str(t).map_err(|e| e.to_string())?;
-        let _ = inner;
+    if t.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(t).map_err(|e| e.to_string())?;
         return parse_decimal_str(&s);
     }
-    if t.contains(['e', 'E']) {
-        return Err(format!("`{t}` uses an exponent; send a decimal"));
+    if t.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])
+        && t.contains(['e', 'E'])
+    {
+        return Err(format!(
+            "`{}` uses an exponent; send a decimal",
+            truncate(t)
+        ));
     }
-    Decimal::from_str(t).map_err(|_| format!("`{}` is not a number", truncate(t)))
+    let number = t
+        .strip_prefix('-')
+        .unwrap_or(t)
+        .starts_with(|c: char| c.is_ascii_digit());
+    if !number {
+        return Err(format!("`{}` is not a number", truncate(t)));
+    }
+    parse_exact(t, MAX_FRACTION_DIGITS)
 }
 
 /// One-pass decoding of the common case: a valid `call.completed` whose attributes and data
@@ -1055,6 +1186,112 @@ mod tests {
             assert!(parse_decimal_str(bad).is_err(), "{bad}");
         }
         assert!(parse_decimal_str(&"9".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn decimal_bounds_are_decimal_38_9_held_exactly() {
+        let ok = |s: &str| parse_decimal_str(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(ok("12345678901234567890123.456789").scale(), 6);
+        assert_eq!(ok("79228162514264337593543950335"), Decimal::MAX);
+        assert_eq!(ok("-79228162514264337593543950335"), Decimal::MIN);
+        assert_eq!(ok(&format!("{}1.5", "0".repeat(60))), Decimal::new(15, 1));
+        // -0 is zero (no negative zero reaches a total or a message).
+        assert!(!ok("-0").is_sign_negative());
+        assert!(!ok("-0.000").is_sign_negative());
+        for (bad, why) in [
+            ("79228162514264337593543950336", "too large"),
+            ("99999999999999999999999999999", "too large"),
+            ("100000000000000000000000000000", "Decimal(38, 9)"),
+            // 30 significant digits: rust_decimal would round the last one away.
+            ("12345678901234567890123456.7891", "too large"),
+            ("1.1234567", "fraction digits"),
+        ] {
+            let e = parse_decimal_str(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let long = "9".repeat(10_000);
+        assert!(parse_decimal_str(&long).unwrap_err().len() < 200);
+    }
+
+    #[test]
+    fn number_literals_in_data() {
+        let raw = |t: &str| {
+            let v: &RawValue = serde_json::from_str(t).unwrap();
+            raw_decimal(v)
+        };
+        assert_eq!(raw("0.000000001").unwrap(), Decimal::new(1, 9));
+        assert_eq!(
+            raw("50000000000000000000000000000").unwrap(),
+            Decimal::from_str("5e28").unwrap()
+        );
+        assert!(!raw("-0").unwrap().is_sign_negative());
+        assert!(raw("\"1.5\"").is_ok());
+        for (bad, why) in [
+            ("1e400", "exponent"),
+            ("5e28", "exponent"),
+            ("1E-30", "exponent"),
+            ("0.0000000001", "fraction digits"),
+            ("18446744073709551616000000000000", "too large"),
+            ("true", "not a number"),
+            ("null", "not a number"),
+            ("{\"a\":1}", "not a number"),
+            ("[1]", "not a number"),
+            ("\"1.0000001\"", "fraction digits"),
+        ] {
+            let e = raw(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_and_invalid_utf8() {
+        let data = r#"{"n":1,"a":{"b":2,"b":3},"n":4}"#;
+        assert!(try_lookup(data, &["n".into()]).unwrap_err().contains("`n`"));
+        assert!(try_lookup(data, &["a".into(), "b".into()]).is_err());
+        assert!(lookup(data, &["n".into()]).is_none());
+        assert!(try_lookup(data, &["zz".into()]).unwrap().is_none());
+        assert!(try_lookup("[1]", &["n".into()]).unwrap().is_none());
+        // Repeated attributes and call fields are rejected by both decoders.
+        let p = call(r#"{"call_id":"c","duration_ms":1,"duration_ms":2,"direction":"inbound"}"#);
+        assert_eq!(code(&p), ErrorCode::InvalidData);
+        let p = call(r#"{"call_id":"c","duration_ms":1,"direction":"inbound"}"#);
+        assert_eq!(
+            code(&p.replace("\"source\"", "\"subject\":\"x\",\"source\"")),
+            ErrorCode::InvalidEvent
+        );
+        // Invalid UTF-8 in an attribute serde_json would skip unchecked.
+        let mut bytes = p
+            .replace("\"source\"", "\"ext\":\"zz\",\"source\"")
+            .into_bytes();
+        let at = bytes.windows(2).position(|w| w == b"zz").unwrap();
+        bytes[at] = 0xc3;
+        bytes[at + 1] = 0x28;
+        let r = decode(&bytes, |_| true).unwrap_err();
+        assert_eq!(r.code, ErrorCode::InvalidJson, "{r}");
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_a_stack_overflow() {
+        let deep = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+        // Beyond serde_json's recursion limit: rejected (the code depends on where).
+        let c = code(&deep);
+        assert!(
+            matches!(c, ErrorCode::InvalidJson | ErrorCode::InvalidEvent),
+            "{c}"
+        );
+        let p = call(&format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)));
+        let c = code(&p);
+        assert!(
+            matches!(
+                c,
+                ErrorCode::InvalidJson | ErrorCode::InvalidEvent | ErrorCode::InvalidData
+            ),
+            "{c}"
+        );
+        let p = r#"{"specversion":"1.0","id":"x","source":"s","type":"custom.thing","subject":"acme","time":"2026-11-20T10:00:00Z","data":{"a":1}}"#
+            .replace("1}}", &format!("{}1{}}}}}", "[".repeat(120), "]".repeat(120)));
+        let e = ok(&p);
+        assert!(lookup(e.data, &["a".into(), "b".into()]).is_none());
     }
 
     const KNOWN: [&str; 3] = [CALL_COMPLETED, REVENUE_RECORDED, WALLET_TOPPED_UP];

@@ -4,12 +4,53 @@
 //! before division. [`MeterDef::value`] turns it into the meter value: with
 //! `rounding = "none"` the exact `raw / divisor` rounded half-up to 6 decimal places; with
 //! `"ceil"` each event was already rounded up to whole units, so the raw sum is the value.
+//!
+//! Arithmetic is checked: a contribution or a running total beyond `Decimal(38, 9)` (or one
+//! [`Decimal`] cannot hold exactly) is a [`MeterError`], which becomes an `invalid_data`
+//! [`Rejection`]; nothing here panics on input.
 
 use std::sync::Arc;
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::event::{Body, Event, Rejection, lookup, raw_decimal};
+use crate::event::{Body, ErrorCode, Event, Rejection, raw_decimal, try_lookup};
+
+/// Why a meter cannot take a value: the arithmetic would leave `Decimal(38, 9)` or lose
+/// digits. Callers report it as `invalid_data` (see the `From` impl).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeterError {
+    /// `raw + contribution` is beyond what can be counted exactly.
+    #[error(
+        "meter `{meter}`: adding {contribution} to the running total {total} would take it beyond Decimal(38, 9)"
+    )]
+    TotalOverflow {
+        meter: Arc<str>,
+        total: Decimal,
+        contribution: Decimal,
+    },
+    /// `value / divisor` (ceil meters) or `raw / divisor` does not fit.
+    #[error("meter `{meter}`: {value} / divisor {divisor} is beyond Decimal(38, 9)")]
+    DivisionOverflow {
+        meter: Arc<str>,
+        value: Decimal,
+        divisor: Decimal,
+    },
+}
+
+impl From<MeterError> for Rejection {
+    fn from(e: MeterError) -> Self {
+        Rejection::new(ErrorCode::InvalidData, e.to_string())
+    }
+}
+
+/// `a + b` when the sum fits `Decimal(38, 9)` and [`Decimal`] holds it exactly: at most 9
+/// fraction digits, and no digit rounded away (rust_decimal rounds rather than fail when a
+/// sum needs more than its 28 to 29 significant digits).
+pub fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let sum = a.checked_add(b)?;
+    let scale = a.scale().max(b.scale());
+    (sum.scale() == scale && scale <= crate::event::MAX_FRACTION_DIGITS as u32).then_some(sum)
+}
 
 /// Index of a meter in [`crate::catalog::Catalog::meters`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,17 +195,26 @@ impl MeterDef {
             });
         }
         for (path, want) in &self.filters {
-            if !matches_filter(ev, path, want) {
+            let matched = matches_filter(ev, path, want).map_err(|m| {
+                Rejection::new(
+                    ErrorCode::InvalidData,
+                    format!("meter `{}`: {m}", self.name),
+                )
+            })?;
+            if !matched {
                 return Ok(None);
             }
         }
         let v = match self.aggregation {
             Aggregation::Count => return Ok(Some(Decimal::ONE)),
             Aggregation::Sum => {
-                let path = self.value.as_ref().expect("sum meters have a value field");
+                let Some(path) = self.value.as_ref() else {
+                    // The configuration gives every sum meter a value field.
+                    return Ok(None);
+                };
                 field_decimal(ev, path).map_err(|m| {
                     Rejection::new(
-                        crate::event::ErrorCode::InvalidData,
+                        ErrorCode::InvalidData,
                         format!("meter `{}`: {m}", self.name),
                     )
                 })?
@@ -172,23 +222,61 @@ impl MeterDef {
         };
         Ok(Some(match self.rounding {
             Rounding::None => v,
-            Rounding::Ceil => (v / self.divisor).ceil(),
+            Rounding::Ceil => self.divide(v)?.ceil(),
         }))
     }
 
-    /// The meter value of a raw sum (see the module docs).
-    pub fn value(&self, raw: Decimal) -> Decimal {
-        match (self.aggregation, self.rounding) {
-            (Aggregation::Count, _) | (_, Rounding::Ceil) => raw,
-            (Aggregation::Sum, Rounding::None) => {
-                if self.divisor == Decimal::ONE {
-                    round_half_up(raw, 6)
-                } else {
-                    round_half_up(raw / self.divisor, 6)
-                }
-            }
+    fn divide(&self, value: Decimal) -> Result<Decimal, MeterError> {
+        if self.divisor == Decimal::ONE {
+            return Ok(value);
         }
-        .normalize()
+        value
+            .checked_div(self.divisor)
+            .ok_or_else(|| MeterError::DivisionOverflow {
+                meter: self.name.clone(),
+                value,
+                divisor: self.divisor,
+            })
+    }
+
+    /// The running total after adding `contribution` to `raw`, checked: the total fits
+    /// `Decimal(38, 9)` exactly ([`exact_add`]) and has a meter value ([`Self::try_value`]),
+    /// so [`Self::value`] of any total this admits is exact.
+    pub fn try_add(&self, raw: Decimal, contribution: Decimal) -> Result<Decimal, MeterError> {
+        let overflow = || MeterError::TotalOverflow {
+            meter: self.name.clone(),
+            total: raw,
+            contribution,
+        };
+        let total = exact_add(raw, contribution).ok_or_else(overflow)?;
+        // Only a divisor below 1 can take the quotient out of range.
+        if self.divisor.abs() < Decimal::ONE {
+            self.try_value(total).map_err(|_| overflow())?;
+        }
+        Ok(total)
+    }
+
+    /// The meter value of a raw sum (see the module docs); an error only when
+    /// `raw / divisor` does not fit (a divisor below 1 on a huge total).
+    pub fn try_value(&self, raw: Decimal) -> Result<Decimal, MeterError> {
+        Ok(match (self.aggregation, self.rounding) {
+            (Aggregation::Count, _) | (_, Rounding::Ceil) => raw,
+            (Aggregation::Sum, Rounding::None) => round_half_up(self.divide(raw)?, 6),
+        }
+        .normalize())
+    }
+
+    /// The meter value of a raw sum (see the module docs). Exact for every total
+    /// [`Self::try_add`] admits; never panics: a quotient beyond range saturates at
+    /// `Decimal::MAX` / `Decimal::MIN` (use [`Self::try_value`] to see the error).
+    pub fn value(&self, raw: Decimal) -> Decimal {
+        self.try_value(raw).unwrap_or(
+            if raw.is_sign_negative() != self.divisor.is_sign_negative() {
+                Decimal::MIN
+            } else {
+                Decimal::MAX
+            },
+        )
     }
 }
 
@@ -203,12 +291,16 @@ fn field_decimal(ev: &Event<'_>, path: &FieldPath) -> Result<Decimal, String> {
             return Ok(c.revenue.as_ref().map(|r| r.amount).unwrap_or_default());
         }
     }
-    let raw =
-        lookup(ev.data, &path.0).ok_or_else(|| format!("missing field `{}`", path.0.join(".")))?;
-    raw_decimal(raw).map_err(|e| format!("field `{}`: {e}", path.0.join(".")))
+    let name = || path.0.join(".");
+    let raw = try_lookup(ev.data, &path.0)
+        .map_err(|e| format!("field `{}`: {e}", name()))?
+        .ok_or_else(|| format!("missing field `{}`", name()))?;
+    raw_decimal(raw).map_err(|e| format!("field `{}`: {e}", name()))
 }
 
-fn matches_filter(ev: &Event<'_>, path: &FieldPath, want: &WhereValue) -> bool {
+/// Whether the event passes one `where` filter. A key repeated on the filter's path is an
+/// error (which value would be compared?).
+fn matches_filter(ev: &Event<'_>, path: &FieldPath, want: &WhereValue) -> Result<bool, String> {
     if let Body::Call(c) = &ev.body {
         let typed = if path.is("handled_by") {
             Some(c.handled_by.as_str())
@@ -218,17 +310,19 @@ fn matches_filter(ev: &Event<'_>, path: &FieldPath, want: &WhereValue) -> bool {
             None
         };
         if let Some(s) = typed {
-            return matches!(want, WhereValue::Str(w) if w == s);
+            return Ok(matches!(want, WhereValue::Str(w) if w == s));
         }
     }
-    let Some(raw) = lookup(ev.data, &path.0) else {
-        return false;
+    let raw = try_lookup(ev.data, &path.0)
+        .map_err(|e| format!("`where` field `{}`: {e}", path.0.join(".")))?;
+    let Some(raw) = raw else {
+        return Ok(false);
     };
-    match want {
+    Ok(match want {
         WhereValue::Str(w) => serde_json::from_str::<String>(raw.get()).is_ok_and(|s| &s == w),
         WhereValue::Bool(b) => serde_json::from_str::<bool>(raw.get()).is_ok_and(|v| v == *b),
         WhereValue::Num(n) => raw_decimal(raw).is_ok_and(|v| v == *n),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -351,6 +445,59 @@ value = "segments"
         let sms = cat.meter(cat.meter_id("sms").unwrap());
         let err = sms.contribution(&ev).unwrap_err();
         assert_eq!(err.code, crate::event::ErrorCode::InvalidData);
+    }
+
+    #[test]
+    fn totals_are_checked() {
+        let big = Decimal::from_str_exact("50000000000000000000000000000").unwrap();
+        assert_eq!(exact_add(big, big), None);
+        // rust_decimal would round 5e28 + 0.5 to 5e28: not exact, so refused.
+        assert_eq!(exact_add(big, Decimal::new(5, 1)), None);
+        assert_eq!(exact_add(big, Decimal::ONE), Some(big + Decimal::ONE));
+        assert_eq!(
+            exact_add(Decimal::new(15, 1), Decimal::new(25, 2)),
+            Some(Decimal::new(175, 2))
+        );
+        let cat = catalog(
+            r#"
+[meters.units]
+event_type = "u"
+value = "n"
+[meters.milli]
+event_type = "u"
+value = "n"
+divisor = "0.001"
+[meters.milli_ceil]
+event_type = "u"
+value = "n"
+divisor = "0.001"
+rounding = "ceil"
+"#,
+        );
+        let units = cat.meter(cat.meter_id("units").unwrap());
+        let err = units.try_add(big, big).unwrap_err();
+        assert!(err.to_string().contains("meter `units`"), "{err}");
+        let r: Rejection = err.into();
+        assert_eq!(r.code, crate::event::ErrorCode::InvalidData);
+        // A divisor below 1: the total's value must fit too.
+        let milli = cat.meter(cat.meter_id("milli").unwrap());
+        assert!(milli.try_add(Decimal::ZERO, big).is_err());
+        assert_eq!(milli.value(big), Decimal::MAX);
+        assert!(milli.try_value(big).is_err());
+        assert_eq!(
+            milli.try_add(Decimal::ONE, Decimal::ONE),
+            Ok(Decimal::from(2))
+        );
+        let p = event("u", "{\"n\":50000000000000000000000000000}");
+        let ev = crate::event::decode(p.as_bytes(), |_| true).unwrap();
+        let ceil = cat.meter(cat.meter_id("milli_ceil").unwrap());
+        let err = ceil.contribution(&ev).unwrap_err();
+        assert_eq!(err.code, crate::event::ErrorCode::InvalidData);
+        assert!(err.message.contains("divisor"), "{err}");
+        let p = event("u", "{\"n\":1,\"n\":2}");
+        let ev = crate::event::decode(p.as_bytes(), |_| true).unwrap();
+        let err = units.contribution(&ev).unwrap_err();
+        assert!(err.message.contains("more than once"), "{err}");
     }
 
     #[test]

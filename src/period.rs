@@ -111,7 +111,8 @@ pub fn parse_period_spec(spec: &str, tz: Tz, anchor_day: u32) -> Option<Period> 
     }
     let (y, m) = spec.split_once('-')?;
     let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
-    if !(1..=12).contains(&m) {
+    // Years RFC 3339 can write; beyond them chrono's calendar ends (and `y + 1` overflows).
+    if !(1..=12).contains(&m) || !(1..=9998).contains(&y) {
         return None;
     }
     let start = anchor_instant(tz, anchor_day, y, m);

@@ -25,6 +25,11 @@
 //!   period, without proration.
 //! - Lines whose rounded amount is zero are left out; a period without charges has no lines
 //!   and a total of `0.00`.
+//!
+//! Arithmetic is checked. The `try_` functions ([`try_charges`], [`try_overage_charge`],
+//! [`try_tiered_charge`], [`Tenant::try_limit`]) return a [`PricingError`] naming the line
+//! when an amount would leave [`Decimal`]'s range (only absurd usage or prices get there);
+//! the plain ones never panic either: such an amount saturates at `Decimal::MAX` (or `MIN`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +41,89 @@ use serde::Serialize;
 
 use crate::meter::{MeterId, round_half_up};
 use crate::period::Period;
+
+/// A charge that cannot be computed: an amount beyond [`Decimal`]'s range (about 7.9e28).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PricingError {
+    #[error(
+        "{what} is beyond the largest amount that can be computed ({})",
+        Decimal::MAX
+    )]
+    Overflow {
+        /// The line or quantity, e.g. `overage of call_minutes`.
+        what: String,
+    },
+}
+
+/// Checked (report) or saturating (never fail) arithmetic, so both variants share one
+/// implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arith {
+    Checked,
+    Saturating,
+}
+
+impl Arith {
+    fn overflow(what: &dyn Fn() -> String) -> PricingError {
+        PricingError::Overflow { what: what() }
+    }
+
+    fn add(
+        self,
+        a: Decimal,
+        b: Decimal,
+        what: &dyn Fn() -> String,
+    ) -> Result<Decimal, PricingError> {
+        match self {
+            Arith::Checked => a.checked_add(b).ok_or_else(|| Self::overflow(what)),
+            Arith::Saturating => Ok(a.saturating_add(b)),
+        }
+    }
+
+    fn sub(
+        self,
+        a: Decimal,
+        b: Decimal,
+        what: &dyn Fn() -> String,
+    ) -> Result<Decimal, PricingError> {
+        match self {
+            Arith::Checked => a.checked_sub(b).ok_or_else(|| Self::overflow(what)),
+            Arith::Saturating => Ok(a.saturating_sub(b)),
+        }
+    }
+
+    fn mul(
+        self,
+        a: Decimal,
+        b: Decimal,
+        what: &dyn Fn() -> String,
+    ) -> Result<Decimal, PricingError> {
+        match self {
+            Arith::Checked => a.checked_mul(b).ok_or_else(|| Self::overflow(what)),
+            Arith::Saturating => Ok(a.saturating_mul(b)),
+        }
+    }
+
+    /// `a / b` for `b >= 1` (proration), which cannot overflow; zero for `b = 0`.
+    fn div(self, a: Decimal, b: Decimal) -> Decimal {
+        a.checked_div(b).unwrap_or(Decimal::ZERO)
+    }
+
+    fn sum(
+        self,
+        items: impl IntoIterator<Item = Decimal>,
+        what: &dyn Fn() -> String,
+    ) -> Result<Decimal, PricingError> {
+        items
+            .into_iter()
+            .try_fold(Decimal::ZERO, |acc, d| self.add(acc, d, what))
+    }
+}
+
+/// The saturating variants cannot fail; this unwraps them without a panic path.
+fn saturated(r: Result<Decimal, PricingError>) -> Decimal {
+    r.unwrap_or(Decimal::MAX)
+}
 
 /// Included usage of a meter per period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +196,13 @@ pub struct Threshold {
 
 impl Threshold {
     pub fn new(ratio: Decimal) -> Self {
-        let pct = (ratio * Decimal::ONE_HUNDRED).normalize();
+        let kind = match ratio.checked_mul(Decimal::ONE_HUNDRED) {
+            Some(pct) => format!("{}%", pct.normalize()),
+            None => format!("{}x", ratio.normalize()),
+        };
         Self {
             ratio,
-            kind: format!("{pct}%").into(),
+            kind: kind.into(),
         }
     }
 }
@@ -237,24 +328,50 @@ impl Tenant {
     /// the meter is unlimited, or when the plan sets neither `included` nor `included_once`
     /// for it (rate-only or tiered meters). A meter with only a one-time allowance has a
     /// limit of 0 (plus add-ons) after the first period: the allowance is not renewed.
+    ///
+    /// Never panics: a limit beyond [`Decimal`]'s range saturates at `Decimal::MAX` (see
+    /// [`Self::try_limit`]).
     pub fn limit(&self, plan: &Plan, meter: MeterId, first_period: bool) -> Option<Decimal> {
-        let pm = plan.meters.get(&meter)?;
+        self.limit_with(Arith::Saturating, plan, meter, first_period)
+            .unwrap_or(Some(Decimal::MAX))
+    }
+
+    /// [`Self::limit`], checked: an error when add-on units x included units (or their sum)
+    /// leave [`Decimal`]'s range.
+    pub fn try_limit(
+        &self,
+        plan: &Plan,
+        meter: MeterId,
+        first_period: bool,
+    ) -> Result<Option<Decimal>, PricingError> {
+        self.limit_with(Arith::Checked, plan, meter, first_period)
+    }
+
+    fn limit_with(
+        &self,
+        ar: Arith,
+        plan: &Plan,
+        meter: MeterId,
+        first_period: bool,
+    ) -> Result<Option<Decimal>, PricingError> {
+        let Some(pm) = plan.meters.get(&meter) else {
+            return Ok(None);
+        };
+        let what = || format!("the limit of {}", pm.name);
         let mut base = match (pm.included, pm.included_once) {
-            (Included::Unlimited, _) => return None,
+            (Included::Unlimited, _) => return Ok(None),
             (Included::Finite(d), _) => d,
             (Included::None, Some(_)) => Decimal::ZERO,
-            (Included::None, None) => return None,
+            (Included::None, None) => return Ok(None),
         };
         if first_period {
-            base += pm.included_once.unwrap_or_default();
+            base = ar.add(base, pm.included_once.unwrap_or_default(), &what)?;
         }
-        let extra: Decimal = plan
-            .addons
-            .iter()
-            .filter(|(_, a)| a.meter == Some(meter))
-            .map(|(name, a)| a.included * Decimal::from(self.addon_units(name)))
-            .sum();
-        Some(base + extra)
+        for (name, a) in plan.addons.iter().filter(|(_, a)| a.meter == Some(meter)) {
+            let units = ar.mul(a.included, Decimal::from(self.addon_units(name)), &what)?;
+            base = ar.add(base, units, &what)?;
+        }
+        Ok(Some(base))
     }
 }
 
@@ -289,11 +406,15 @@ pub struct Charges {
 impl Charges {
     /// The sum of all lines but the base fee: what a prepaid wallet pays for.
     pub fn usage_total(&self) -> Decimal {
-        self.lines
-            .iter()
-            .filter(|l| l.kind != "base_fee")
-            .map(|l| l.amount)
-            .sum()
+        saturated(
+            Arith::Saturating.sum(
+                self.lines
+                    .iter()
+                    .filter(|l| l.kind != "base_fee")
+                    .map(|l| l.amount),
+                &|| String::new(),
+            ),
+        )
     }
 }
 
@@ -332,16 +453,48 @@ pub struct MeterUsage {
 
 /// Overage charge of `usage` above `limit`: `min(cap, (usage - limit)+ x overage_rate)`,
 /// unrounded. Zero without an `overage_rate`.
+///
+/// Never panics: beyond [`Decimal`]'s range the charge is the cap if there is one (it is
+/// then below the uncapped charge), else it saturates (see [`try_overage_charge`]).
 pub fn overage_charge(pm: &PlanMeter, usage: Decimal, limit: Decimal) -> Decimal {
+    saturated(overage_with(Arith::Saturating, pm, usage, limit))
+}
+
+/// [`overage_charge`], checked: an error only without a cap, when the uncapped charge is
+/// beyond [`Decimal`]'s range.
+pub fn try_overage_charge(
+    pm: &PlanMeter,
+    usage: Decimal,
+    limit: Decimal,
+) -> Result<Decimal, PricingError> {
+    overage_with(Arith::Checked, pm, usage, limit)
+}
+
+fn overage_with(
+    ar: Arith,
+    pm: &PlanMeter,
+    usage: Decimal,
+    limit: Decimal,
+) -> Result<Decimal, PricingError> {
     let Some(rate) = pm.overage_rate else {
-        return Decimal::ZERO;
+        return Ok(Decimal::ZERO);
     };
-    let over = (usage - limit).max(Decimal::ZERO);
-    let charge = over * rate;
-    match pm.overage_cap {
+    let what = || format!("the overage of {}", pm.name);
+    let over = if usage > limit {
+        ar.sub(usage, limit, &what)?
+    } else {
+        Decimal::ZERO
+    };
+    let charge = match (over.checked_mul(rate), pm.overage_cap) {
+        // The true charge is beyond range, so above any cap.
+        (None, Some(cap)) => return Ok(cap),
+        (None, None) => ar.mul(over, rate, &what)?,
+        (Some(c), _) => c,
+    };
+    Ok(match pm.overage_cap {
         Some(cap) => charge.min(cap),
         None => charge,
-    }
+    })
 }
 
 /// Tiered charge of `units` (negative counts as zero), unrounded, with Stripe's semantics:
@@ -354,9 +507,33 @@ pub fn overage_charge(pm: &PlanMeter, usage: Decimal, limit: Decimal) -> Decimal
 ///
 /// `tiers` must be non-empty with increasing bounds and an unbounded last tier (checked by
 /// the configuration).
+///
+/// Never panics: beyond [`Decimal`]'s range the charge saturates (see
+/// [`try_tiered_charge`]).
 pub fn tiered_charge(mode: TiersMode, tiers: &[Tier], units: Decimal) -> Decimal {
+    saturated(tiered_with(Arith::Saturating, mode, tiers, units, ""))
+}
+
+/// [`tiered_charge`], checked; `meter` names the line in the error.
+pub fn try_tiered_charge(
+    mode: TiersMode,
+    tiers: &[Tier],
+    units: Decimal,
+    meter: &str,
+) -> Result<Decimal, PricingError> {
+    tiered_with(Arith::Checked, mode, tiers, units, meter)
+}
+
+fn tiered_with(
+    ar: Arith,
+    mode: TiersMode,
+    tiers: &[Tier],
+    units: Decimal,
+    meter: &str,
+) -> Result<Decimal, PricingError> {
+    let what = || format!("the tiered charge of {meter}");
     let units = units.max(Decimal::ZERO);
-    match mode {
+    Ok(match mode {
         TiersMode::Graduated => {
             let mut total = Decimal::ZERO;
             let mut lower = Decimal::ZERO;
@@ -364,11 +541,14 @@ pub fn tiered_charge(mode: TiersMode, tiers: &[Tier], units: Decimal) -> Decimal
                 if i > 0 && units <= lower {
                     break;
                 }
+                // Both non-negative: no overflow.
                 let in_tier = match t.up_to {
                     Some(upper) => units.min(upper) - lower,
                     None => units - lower,
                 };
-                total += in_tier.max(Decimal::ZERO) * t.unit_price + t.flat_fee;
+                let line = ar.mul(in_tier.max(Decimal::ZERO), t.unit_price, &what)?;
+                let line = ar.add(line, t.flat_fee, &what)?;
+                total = ar.add(total, line, &what)?;
                 match t.up_to {
                     Some(upper) => lower = upper,
                     None => break,
@@ -382,11 +562,12 @@ pub fn tiered_charge(mode: TiersMode, tiers: &[Tier], units: Decimal) -> Decimal
                 .find(|t| t.up_to.is_none_or(|u| units <= u))
                 .or_else(|| tiers.last())
             else {
-                return Decimal::ZERO;
+                return Ok(Decimal::ZERO);
             };
-            units * tier.unit_price + tier.flat_fee
+            let line = ar.mul(units, tier.unit_price, &what)?;
+            ar.add(line, tier.flat_fee, &what)?
         }
-    }
+    })
 }
 
 /// Inputs of a period's charge computation.
@@ -402,18 +583,38 @@ pub struct ChargeInput<'a> {
 }
 
 impl ChargeInput<'_> {
-    fn usage_of(&self, m: MeterId) -> Decimal {
-        self.usage
-            .iter()
-            .filter(|u| u.meter == m)
-            .map(|u| u.usage)
-            .sum()
+    fn usage_of(&self, ar: Arith, m: MeterId, name: &str) -> Result<Decimal, PricingError> {
+        ar.sum(
+            self.usage.iter().filter(|u| u.meter == m).map(|u| u.usage),
+            &|| format!("the usage of {name}"),
+        )
     }
 }
 
 /// Computes the charges of a usage period (see the module docs), in the currency of the
 /// plan governing the period.
+///
+/// Never panics: an amount beyond [`Decimal`]'s range saturates; [`try_charges`] reports
+/// it instead.
 pub fn charges(input: &ChargeInput<'_>) -> Charges {
+    match charges_with(Arith::Saturating, input) {
+        Ok(c) => c,
+        // Saturating arithmetic does not fail.
+        Err(_) => Charges {
+            lines: vec![],
+            total: Decimal::MAX,
+        },
+    }
+}
+
+/// [`charges`], checked: a [`PricingError`] naming the line whose amount (or the total)
+/// would leave [`Decimal`]'s range. Only absurd usage or prices get there; callers report
+/// it (the API as an error answer, statements as a failed tenant) instead of a wrong bill.
+pub fn try_charges(input: &ChargeInput<'_>) -> Result<Charges, PricingError> {
+    charges_with(Arith::Checked, input)
+}
+
+fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingError> {
     let t = input.tenant;
     let period = input.period;
     let plan = t.plan_for_period(period, input.now);
@@ -434,12 +635,15 @@ pub fn charges(input: &ChargeInput<'_>) -> Charges {
     let segments = plan_segments(t, period, input.now);
     let prorated = segments.len() > 1;
     for (plan_seg, secs) in &segments {
+        let what = || format!("the base fee of plan {}", plan_seg.id);
         let mut fee = plan_seg.base_fee;
         if t.billing_cycle == BillingCycle::Yearly {
-            fee *= Decimal::ONE - plan_seg.yearly_discount;
+            let keep = ar.sub(Decimal::ONE, plan_seg.yearly_discount, &what)?;
+            fee = ar.mul(fee, keep, &what)?;
         }
         if prorated {
-            fee = fee * Decimal::from(*secs) / Decimal::from(period.seconds().max(1));
+            let part = ar.mul(fee, Decimal::from(*secs), &what)?;
+            fee = ar.div(part, Decimal::from(period.seconds().max(1)));
         }
         push(
             "base_fee",
@@ -450,52 +654,47 @@ pub fn charges(input: &ChargeInput<'_>) -> Charges {
     }
 
     for (mid, pm) in &plan.meters {
-        let usage = input.usage_of(*mid);
-        if let Some(limit) = t.limit(plan, *mid, input.first_period) {
+        let usage = input.usage_of(ar, *mid, &pm.name)?;
+        if let Some(limit) = t.limit_with(ar, plan, *mid, input.first_period)? {
             push(
                 "overage",
                 Some(&pm.name),
                 None,
-                overage_charge(pm, usage, limit),
+                overage_with(ar, pm, usage, limit)?,
             );
         }
         if let Some(rate) = pm.rate {
-            push(
-                "usage",
-                Some(&pm.name),
-                None,
-                rate * usage.max(Decimal::ZERO),
-            );
+            let amount = ar.mul(rate, usage.max(Decimal::ZERO), &|| {
+                format!("the usage charge of {}", pm.name)
+            })?;
+            push("usage", Some(&pm.name), None, amount);
         }
         if let Some((mode, tiers)) = &pm.tiers {
             push(
                 "tiered",
                 Some(&pm.name),
                 None,
-                tiered_charge(*mode, tiers, usage),
+                tiered_with(ar, *mode, tiers, usage, &pm.name)?,
             );
         }
     }
     if let Some(share) = plan.revenue_share {
-        let revenue = input.usage_of(crate::meter::REVENUE);
-        push(
-            "revenue_share",
-            Some("revenue"),
-            None,
-            (revenue * share).max(Decimal::ZERO),
-        );
+        let what = || "the revenue share".to_string();
+        let revenue = input.usage_of(ar, crate::meter::REVENUE, "revenue")?;
+        let amount = ar.mul(revenue, share, &what)?.max(Decimal::ZERO);
+        push("revenue_share", Some("revenue"), None, amount);
     }
     for (name, addon) in &plan.addons {
         let units = t.addon_units(name);
-        push(
-            "addon",
-            addon.meter_name.as_deref(),
-            Some(name),
-            addon.price * Decimal::from(units),
-        );
+        let amount = ar.mul(addon.price, Decimal::from(units), &|| {
+            format!("the price of add-on {name}")
+        })?;
+        push("addon", addon.meter_name.as_deref(), Some(name), amount);
     }
-    let total = lines.iter().map(|l| l.amount).sum();
-    Charges { lines, total }
+    let total = ar.sum(lines.iter().map(|l| l.amount), &|| {
+        "the total of the charges".to_string()
+    })?;
+    Ok(Charges { lines, total })
 }
 
 /// The plans in effect during `period` with the seconds each was in effect (changes after
@@ -561,7 +760,7 @@ pub fn entitlement(
     usage: Decimal,
     wallet_balance: Option<Decimal>,
 ) -> Entitlement {
-    let remaining = limit.map(|l| (l - usage).max(Decimal::ZERO));
+    let remaining = limit.map(|l| l.saturating_sub(usage).max(Decimal::ZERO));
     let pm = plan.meters.get(&meter);
     if let (Some(pm), Some(l)) = (pm, limit)
         && pm.hard_limit
@@ -591,3 +790,119 @@ pub fn entitlement(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::meter::CALL_MINUTES;
+
+    const CONFIG: &str = r#"
+[plans.p]
+currency = "USD"
+base_fee = "79228162514264337593543950335"
+revenue_share = "0.5"
+[plans.p.meters.call_minutes]
+included = "10"
+overage_rate = "1000"
+[plans.p.meters.calls]
+rate = "1000"
+[plans.capped]
+currency = "USD"
+[plans.capped.meters.call_minutes]
+included = "10"
+overage_rate = "1000"
+overage_cap = "25"
+[plans.t]
+currency = "USD"
+[plans.t.meters.call_minutes]
+tiers_mode = "volume"
+tiers = [ { up_to = "10", unit_price = "0" }, { up_to = "inf", unit_price = "1000" } ]
+[tenants.a]
+plan = "p"
+[tenants.c]
+plan = "capped"
+[tenants.v]
+plan = "t"
+"#;
+
+    fn input_charges(tenant: &str, usage: &[(MeterId, Decimal)]) -> Result<Charges, PricingError> {
+        let cat = Config::from_toml_str(CONFIG).unwrap().catalog;
+        let t = cat.tenant(tenant).unwrap();
+        let usage: Vec<MeterUsage> = usage
+            .iter()
+            .map(|(m, u)| MeterUsage {
+                meter: *m,
+                name: String::new(),
+                usage: *u,
+            })
+            .collect();
+        let now = DateTime::parse_from_rfc3339("2027-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let input = ChargeInput {
+            tenant: &t,
+            period: t.period_at(now - chrono::Duration::days(40)),
+            usage: &usage,
+            first_period: false,
+            now,
+        };
+        // The plain variant never panics, whatever the checked one says.
+        let plain = charges(&input);
+        let checked = try_charges(&input);
+        if let Ok(c) = &checked {
+            assert_eq!(&plain, c);
+        }
+        checked
+    }
+
+    #[test]
+    fn absurd_amounts_are_errors_not_panics() {
+        let huge = Decimal::from_str_exact("50000000000000000000000000000").unwrap();
+        // The base fee alone is at the limit: any usage line takes the total beyond it.
+        let e = input_charges("a", &[(crate::meter::CALLS, Decimal::ONE)]).unwrap_err();
+        assert!(e.to_string().contains("total"), "{e}");
+        let e = input_charges("a", &[(CALL_MINUTES, huge)]).unwrap_err();
+        assert!(e.to_string().contains("overage of call_minutes"), "{e}");
+        let e = input_charges("a", &[(crate::meter::CALLS, huge)]).unwrap_err();
+        assert!(e.to_string().contains("usage charge of calls"), "{e}");
+        let e = input_charges("a", &[(crate::meter::REVENUE, huge)]).unwrap_err();
+        assert!(e.to_string().contains("total"), "{e}");
+        let e = input_charges("v", &[(CALL_MINUTES, huge)]).unwrap_err();
+        assert!(
+            e.to_string().contains("tiered charge of call_minutes"),
+            "{e}"
+        );
+        // Two usage records of one meter that cannot be summed.
+        let e = input_charges("v", &[(CALL_MINUTES, huge), (CALL_MINUTES, huge)]).unwrap_err();
+        assert!(e.to_string().contains("usage of call_minutes"), "{e}");
+        // A cap bounds the overage however large the usage.
+        let c = input_charges("c", &[(CALL_MINUTES, huge)]).unwrap();
+        assert_eq!(c.total, Decimal::from(25));
+    }
+
+    #[test]
+    fn plain_variants_saturate() {
+        let cat = Config::from_toml_str(CONFIG).unwrap().catalog;
+        let plan = &cat.plans["p"];
+        let pm = &plan.meters[&CALL_MINUTES];
+        assert_eq!(
+            overage_charge(pm, Decimal::MAX, Decimal::ZERO),
+            Decimal::MAX
+        );
+        assert!(try_overage_charge(pm, Decimal::MAX, Decimal::ZERO).is_err());
+        assert_eq!(
+            try_overage_charge(pm, Decimal::MIN, Decimal::MAX),
+            Ok(Decimal::ZERO)
+        );
+        let (mode, tiers) = cat.plans["t"].meters[&CALL_MINUTES].tiers.clone().unwrap();
+        assert_eq!(tiered_charge(mode, &tiers, Decimal::MAX), Decimal::MAX);
+        assert!(try_tiered_charge(mode, &tiers, Decimal::MAX, "m").is_err());
+        assert_eq!(
+            Threshold::new(Decimal::MAX).kind.as_ref(),
+            format!("{}x", Decimal::MAX)
+        );
+        let e = entitlement(plan, Some(Decimal::MAX), CALL_MINUTES, Decimal::MIN, None);
+        assert_eq!(e.remaining, Some(Decimal::MAX));
+    }
+}
