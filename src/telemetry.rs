@@ -22,6 +22,7 @@ pub const EVENTS_ALREADY_COUNTED: &str = "callmeter_events_already_counted_total
 pub const DLQ_PRODUCED: &str = "callmeter_dlq_messages_total";
 pub const CONSUMER_LAG: &str = "callmeter_consumer_lag";
 pub const PARTITION_POSITION: &str = "callmeter_partition_position";
+pub const PARTITION_START_BLOCKED: &str = "callmeter_partition_start_blocked";
 pub const PARTITIONS_OWNED: &str = "callmeter_partitions_owned";
 pub const READY: &str = "callmeter_ready";
 pub const PAUSED: &str = "callmeter_consumption_paused";
@@ -137,6 +138,10 @@ fn describe() {
         "Messages between the partition's high watermark and the pipeline's position, by `partition`."
     );
     describe_gauge!(PARTITION_POSITION, "Next offset to read, by `partition`.");
+    describe_gauge!(
+        PARTITION_START_BLOCKED,
+        "1 while an owned `partition` cannot start: its checkpoint lies beyond or below the topic's offsets."
+    );
     describe_gauge!(PARTITIONS_OWNED, "Partitions assigned to this instance.");
     describe_gauge!(
         READY,

@@ -220,6 +220,10 @@ pub struct PipelineSettings {
     /// Deadline for the final flush on shutdown and for the flush on partition revocation.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// When a partition's checkpoint lies below the earliest offset Kafka retains (events
+    /// deleted by retention before they were counted): count what is retained instead of
+    /// keeping the partition unready.
+    pub accept_retention_gaps: bool,
 }
 
 impl Default for PipelineSettings {
@@ -233,6 +237,7 @@ impl Default for PipelineSettings {
             max_event_bytes: 64 * 1024,
             max_dedup_entries: 50_000_000,
             shutdown_timeout: Duration::from_secs(30),
+            accept_retention_gaps: false,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod consumer;
 mod flush;
 pub mod outbox;
 mod rebalance;
+pub mod start;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
@@ -131,6 +132,8 @@ pub fn run(
             consumer: Arc::downgrade(&consumer),
             topic: topic.clone(),
             params: params.clone(),
+            accept_gaps: config.settings.pipeline.accept_retention_gaps,
+            shared: shared.clone(),
             done: restored_tx,
         },
         engine: Mutex::new(Engine {

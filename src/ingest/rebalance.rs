@@ -18,9 +18,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, GroupConsumer, RebalanceHandler};
-use super::{Core, Engine};
+use super::{Core, Engine, start};
 use crate::sink::clickhouse::{ClickHouse, flush_backoff};
-use crate::state::{Params, Restored};
+use crate::state::{Params, Restored, Shared};
 use crate::telemetry as t;
 
 /// An assigned partition: its generation and the cancellation of its restore task.
@@ -40,6 +40,10 @@ pub(super) struct Restorer {
     pub(super) consumer: Weak<GroupConsumer>,
     pub(super) topic: Arc<str>,
     pub(super) params: Params,
+    /// `pipeline.accept_retention_gaps`.
+    pub(super) accept_gaps: bool,
+    /// Where a partition that cannot start is marked unready.
+    pub(super) shared: Arc<Shared>,
     pub(super) done: mpsc::Sender<RestoreDone>,
 }
 
@@ -191,63 +195,47 @@ impl RebalanceHandler for Handler {
 
 impl Restorer {
     /// Restores one partition (retrying until ClickHouse answers, unless `cancel`led: the
-    /// partition was revoked or reassigned, or shutdown), reads its committed offset and
-    /// replay start, and sends the result.
+    /// partition was revoked or reassigned, or shutdown), decides its start from the
+    /// checkpoint and the topic's offsets ([`start::decide`]) and sends the result. A
+    /// partition that cannot start stays paused and unready with the error, checked again
+    /// every 30 s (an operator may have deleted its checkpoint meanwhile).
     async fn run(self, partition: i32, generation: u64, cancel: CancellationToken) {
         let started = Instant::now();
         let grace = self.params.grace_secs;
         let mut backoff = flush_backoff();
-        let mut restored = loop {
+        let blocked =
+            metrics::gauge!(t::PARTITION_START_BLOCKED, "partition" => partition.to_string());
+        let done = loop {
             if cancel.is_cancelled() {
-                return;
+                break None;
             }
-            match self.ch.restore(&self.topic, partition, grace).await {
-                Ok(r) => break r,
+            let pause = match self.ch.restore(&self.topic, partition, grace).await {
+                Ok(r) => match self.start(partition, r).await {
+                    Some(Ok(done)) => break Some(done),
+                    Some(Err(e)) => {
+                        tracing::error!(partition, error = %e, "partition cannot start: kept unready");
+                        self.shared
+                            .set_partition_error(partition, Some(e.to_string()));
+                        blocked.set(1.0);
+                        Duration::from_secs(30)
+                    }
+                    None => Duration::from_secs(5),
+                },
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "restore from ClickHouse failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(30))) => {}
-                        _ = cancel.cancelled() => {}
-                    }
+                    backoff.next().unwrap_or(Duration::from_secs(30))
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = cancel.cancelled() => {}
             }
         };
-        let Some(consumer) = self.consumer.upgrade() else {
+        self.shared.set_partition_error(partition, None);
+        blocked.set(0.0);
+        let Some((mut restored, replay_from)) = done else {
             return;
         };
-        let topic = self.topic.to_string();
-        let params = self.params.clone();
-        let ck = restored.checkpoint.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let committed = consumer::committed_offset(
-                &consumer,
-                &topic,
-                partition,
-                Duration::from_secs(10),
-            )
-            .unwrap_or_else(|e| {
-                tracing::warn!(partition, error = %e, "reading the committed offset failed");
-                None
-            });
-            let replay_from = match &ck {
-                Some(c) if c.max_ts_ms != i64::MIN => consumer::offset_for_time(
-                    &consumer,
-                    &topic,
-                    partition,
-                    c.max_ts_ms - params.dedup_window_ms - params.replay_margin_ms(),
-                    c.position,
-                    Duration::from_secs(10),
-                ),
-                Some(c) => c.position,
-                None => 0,
-            };
-            (committed, replay_from)
-        })
-        .await;
-        let Ok((committed, replay_from)) = res else {
-            return;
-        };
-        restored.committed = committed;
         restored.replay_from = replay_from;
         metrics::histogram!(t::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
         metrics::counter!(t::RESTORES).increment(1);
@@ -262,5 +250,80 @@ impl Restorer {
             "partition restored"
         );
         let _ = self.done.send((generation, restored));
+    }
+
+    /// The start of a restored partition: reads the topic's offsets and the group's
+    /// committed offset (logged only), decides, and finds the replay start below a
+    /// checkpoint (the dedup window). `None` when Kafka cannot be asked (retried).
+    async fn start(
+        &self,
+        partition: i32,
+        mut restored: Restored,
+    ) -> Option<Result<(Restored, i64), start::StartError>> {
+        let consumer = self.consumer.upgrade()?;
+        let topic = self.topic.to_string();
+        let params = self.params.clone();
+        let accept = self.accept_gaps;
+        let ck = restored.checkpoint.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            let (low, high) = match consumer.fetch_watermarks(&topic, partition, timeout) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "reading the topic's offsets failed; retrying");
+                    return None;
+                }
+            };
+            let committed = consumer::committed_offset(&consumer, &topic, partition, timeout)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(partition, error = %e, "reading the committed offset failed");
+                    None
+                });
+            let decided = match start::decide(partition, ck.as_ref(), low, high, accept) {
+                Err(e) => return Some((committed, Err(e))),
+                Ok(d) => d,
+            };
+            let from = match (decided, &ck) {
+                (start::Start::Checkpoint(pos), Some(c)) if c.max_ts_ms != i64::MIN => {
+                    consumer::offset_for_time(
+                        &consumer,
+                        &topic,
+                        partition,
+                        c.max_ts_ms - params.dedup_window_ms - params.replay_margin_ms(),
+                        pos,
+                        timeout,
+                    )
+                    .max(low)
+                }
+                (start::Start::Checkpoint(pos), _) => pos,
+                (start::Start::AfterGap(low), Some(c)) => {
+                    tracing::warn!(
+                        partition,
+                        checkpoint = c.position,
+                        low,
+                        high,
+                        lost = low - c.position,
+                        "retention gap accepted: counting what Kafka retains"
+                    );
+                    low
+                }
+                (start::Start::AfterGap(low), None) | (start::Start::Earliest(low), _) => low,
+            };
+            if committed.is_some_and(|c| ck.as_ref().is_none_or(|k| c > k.position)) {
+                tracing::warn!(
+                    partition,
+                    committed = ?committed,
+                    checkpoint = ?ck.as_ref().map(|c| c.position),
+                    from,
+                    "the group's committed offset lies beyond the checkpoint (ClickHouse lost data?): reading again from the checkpoint"
+                );
+            }
+            Some((committed, Ok(from)))
+        })
+        .await
+        .ok()??;
+        let (committed, decided) = res;
+        restored.committed = committed;
+        Some(decided.map(|from| (restored, from)))
     }
 }

@@ -499,7 +499,9 @@ impl Processor {
         let p = r.partition;
         self.drop_partition_state(p);
         let ck_pos = r.checkpoint.as_ref().map(|c| c.position).unwrap_or(0);
-        let replay_until = ck_pos.max(r.committed.unwrap_or(0)).max(r.replay_from);
+        // The checkpoint alone says what is counted: the group's committed offset may lie
+        // beyond it when ClickHouse lost data (CONTRACT section 5).
+        let replay_until = ck_pos.max(r.replay_from);
         let mut ps = PartitionState::new(r.replay_from.min(replay_until));
         ps.replay_until = replay_until;
         ps.flushed_position = replay_until;

@@ -57,6 +57,8 @@ pub struct Shared {
     /// Messages the consuming loop took from the source topic since start (progress, for
     /// `callmeter bench` and tests).
     pub(super) consumed: AtomicU64,
+    /// Why an owned partition cannot consume (e.g. its start position), by partition.
+    pub(super) partition_errors: RwLock<BTreeMap<i32, String>>,
 }
 
 impl Shared {
@@ -67,6 +69,7 @@ impl Shared {
             alerts: DashMap::with_hasher(FxBuildHasher),
             catalog: ArcSwap::new(catalog),
             partitions: RwLock::new(Default::default()),
+            partition_errors: RwLock::new(Default::default()),
             tenant_partitions: DashMap::with_hasher(FxBuildHasher),
             first_periods: DashMap::new(),
             consumed: AtomicU64::new(0),
@@ -135,10 +138,33 @@ impl Shared {
         self.consumed.load(Ordering::Relaxed)
     }
 
-    /// Ready: at least one partition owned and all owned partitions restored.
+    /// Ready: at least one partition owned, all owned partitions restored, and none marked
+    /// with an error ([`Self::set_partition_error`]).
     pub fn ready(&self) -> bool {
         let p = self.partitions.read().expect("partitions lock");
-        !p.is_empty() && p.values().all(|r| *r)
+        !p.is_empty() && p.values().all(|r| *r) && self.partition_errors().is_empty()
+    }
+
+    /// Marks a partition unready with `reason`, or clears the mark with `None`.
+    pub fn set_partition_error(&self, partition: i32, reason: Option<String>) {
+        let mut e = self
+            .partition_errors
+            .write()
+            .expect("partition errors lock");
+        match reason {
+            Some(r) => e.insert(partition, r),
+            None => e.remove(&partition),
+        };
+    }
+
+    /// The errors of owned partitions, by partition ascending.
+    pub fn partition_errors(&self) -> Vec<(i32, String)> {
+        let owned = self.partitions.read().expect("partitions lock");
+        let e = self.partition_errors.read().expect("partition errors lock");
+        e.iter()
+            .filter(|(p, _)| owned.contains_key(p))
+            .map(|(p, r)| (*p, r.clone()))
+            .collect()
     }
 
     /// The raw sum of a tenant's meter in a period over the partitions held here, with the

@@ -8,5 +8,6 @@ mod pricing;
 mod prometheus;
 mod realdata;
 mod rebalance;
+mod startpos;
 #[cfg(feature = "testkit")]
 mod stripe;

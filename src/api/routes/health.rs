@@ -18,15 +18,19 @@ pub async fn healthz() -> &'static str {
     path = "/readyz",
     responses(
         (status = 200, description = "Ready", body = String),
-        (status = 503, description = "Partitions not restored yet (or none assigned)", body = String)
+        (status = 503, description = "Partitions not restored yet (or none assigned), or a partition cannot start: one line per reason", body = String)
     )
 )]
 pub async fn readyz(State(s): State<ApiState>) -> Response {
     if s.shared.ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        return (StatusCode::OK, "ready\n").into_response();
     }
+    let mut body = String::from("not ready\n");
+    for (_, reason) in s.shared.partition_errors() {
+        body.push_str(&reason);
+        body.push('\n');
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 /// Prometheus metrics, names prefixed `callmeter_`.
