@@ -12,17 +12,24 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: assigned partitions restored and consuming.
+/// Readiness: assigned partitions restored and consuming, and every dead-letter message and
+/// alert delivered (else 503 with the topic, the error and the count).
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = 200, description = "Ready", body = String),
-        (status = 503, description = "Partitions not restored yet (or none assigned)", body = String)
+        (status = 503, description = "Partitions not restored yet (or none assigned), or dead-letter messages or alerts undelivered", body = String)
     )
 )]
 pub async fn readyz(State(s): State<ApiState>) -> Response {
-    if s.shared.ready() {
+    if let Some(why) = s.shared.outbox_blocked() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response()
+    } else if s.shared.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
