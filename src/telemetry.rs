@@ -20,6 +20,7 @@ pub const EVENTS_DUPLICATE: &str = "callmeter_events_duplicate_total";
 pub const EVENTS_REPLAYED: &str = "callmeter_events_replayed_total";
 pub const EVENTS_ALREADY_COUNTED: &str = "callmeter_events_already_counted_total";
 pub const DLQ_PRODUCED: &str = "callmeter_dlq_messages_total";
+pub const OUTBOX_UNDELIVERED: &str = "callmeter_outbox_undelivered";
 pub const CONSUMER_LAG: &str = "callmeter_consumer_lag";
 pub const PARTITION_POSITION: &str = "callmeter_partition_position";
 pub const PARTITION_START_BLOCKED: &str = "callmeter_partition_start_blocked";
@@ -132,7 +133,14 @@ fn describe() {
         EVENTS_ALREADY_COUNTED,
         "Messages re-read after a restart whose events were already stored."
     );
-    describe_counter!(DLQ_PRODUCED, "Messages produced to the dead-letter topic.");
+    describe_counter!(
+        DLQ_PRODUCED,
+        "Messages delivered to the dead-letter topic (counted once acknowledged)."
+    );
+    describe_gauge!(
+        OUTBOX_UNDELIVERED,
+        "Dead-letter messages and alerts produced but not yet acknowledged by the broker."
+    );
     describe_gauge!(
         CONSUMER_LAG,
         "Messages between the partition's high watermark and the pipeline's position, by `partition`."

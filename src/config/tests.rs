@@ -409,3 +409,21 @@ fn decimals_accept_integers_and_strings() {
     assert_eq!(m.divisor, Decimal::from(60000));
     assert_eq!(c.catalog.plans["p"].base_fee, Decimal::new(79, 0));
 }
+
+#[test]
+fn rejects_overrides_that_break_exactly_once() {
+    for (key, value) in [
+        ("enable.auto.commit", "true"),
+        ("enable.auto.offset.store", "True"),
+        ("isolation.level", "read_uncommitted"),
+    ] {
+        let e = err(&format!(
+            "{BASE}[kafka.properties]\n\"{key}\" = \"{value}\"\n"
+        ));
+        assert_eq!(e.key, format!("kafka.properties.{key}"));
+    }
+    let ok = Config::from_toml_str(&format!(
+        "{BASE}[kafka.properties]\n\"enable.auto.commit\" = \"false\"\n"
+    ));
+    assert!(ok.is_ok());
+}

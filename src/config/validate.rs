@@ -32,6 +32,7 @@ pub(super) fn runtime(s: &Settings) -> Result<(), ConfigError> {
     if let Some(id) = &s.kafka.group_instance_id {
         nonempty("kafka.group_instance_id", id)?;
     }
+    kafka_properties(s)?;
     if !(s.clickhouse.url.starts_with("http://") || s.clickhouse.url.starts_with("https://")) {
         return Err(ConfigError::new(
             "clickhouse.url",
@@ -141,6 +142,40 @@ pub(super) fn runtime(s: &Settings) -> Result<(), ConfigError> {
             return Err(ConfigError::new(
                 "stripe.clock",
                 "is for the Stripe test server only; it cannot be used with a stripe.com endpoint",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[kafka.properties]` overrides that would break exactly-once counting: offsets
+/// committed or stored by librdkafka behind the pipeline's back, or reading aborted
+/// transactions.
+fn kafka_properties(s: &Settings) -> Result<(), ConfigError> {
+    const REFUSED: [(&str, &str, &str); 3] = [
+        (
+            "enable.auto.commit",
+            "true",
+            "offsets are committed only after ClickHouse holds everything below them",
+        ),
+        (
+            "enable.auto.offset.store",
+            "true",
+            "offsets are stored only after ClickHouse holds everything below them",
+        ),
+        (
+            "isolation.level",
+            "read_uncommitted",
+            "aborted transactions would be counted",
+        ),
+    ];
+    for (key, bad, why) in REFUSED {
+        if let Some(v) = s.kafka.properties.get(key)
+            && v.0.trim().eq_ignore_ascii_case(bad)
+        {
+            return Err(ConfigError::new(
+                format!("kafka.properties.{key}"),
+                format!("`{bad}` breaks exactly-once counting ({why}); remove the override"),
             ));
         }
     }

@@ -147,13 +147,18 @@ pub fn consumer(
     })
 }
 
-/// Producer for dead-letter messages and alerts. `message.max.bytes` is raised so an
-/// oversized event can still be dead-lettered unchanged (the broker decides).
+/// Producer for dead-letter messages and alerts, compressed with lz4. `message.max.bytes`
+/// is raised so an oversized event can still be dead-lettered unchanged (the broker
+/// decides; the outbox cuts a copy it refuses). A delivery fails after 15 s (a missing
+/// topic, say) so the outbox reports it and retries it with backoff; metadata is refreshed
+/// every 10 s so a topic created late is seen soon.
 pub fn producer(s: &KafkaSettings) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     let mut c = base_config(s);
     c.set("linger.ms", "2")
+        .set("compression.type", "lz4")
         .set("message.max.bytes", "67108864")
-        .set("message.timeout.ms", "60000");
+        .set("message.timeout.ms", "15000")
+        .set("topic.metadata.refresh.interval.ms", "10000");
     for (k, v) in &s.properties {
         c.set(k, &v.0);
     }

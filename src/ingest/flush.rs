@@ -1,5 +1,7 @@
 //! Flushing: take a snapshot of the processor, wait until every dead-letter message and
-//! alert produced before it is acknowledged, write it to ClickHouse (retried with jittered
+//! alert produced before it is acknowledged (re-sent until it is: nothing is written or
+//! committed past an undelivered message; a flush that gives up hands the messages back to
+//! the outbox), write it to ClickHouse (retried with jittered
 //! backoff until it succeeds, or until shutdown or the deadline), then commit the
 //! snapshot's positions to the group. At most one flush is in flight: [`Core::start_flush`]
 //! hands a [`FlushJob`] (owned) to a task that answers with a [`FlushDone`] on a channel,
@@ -41,6 +43,8 @@ pub(super) struct FlushDone {
     ok: bool,
     rows: usize,
     elapsed: Duration,
+    /// Deliveries the flush gave up waiting for (back to the outbox).
+    undelivered: Vec<Pending>,
 }
 
 /// Why one write attempt failed.
@@ -61,6 +65,8 @@ pub(super) struct Flusher {
     pub(super) consumer: Weak<GroupConsumer>,
     pub(super) topic: Arc<str>,
     pub(super) shutdown: CancellationToken,
+    /// Where the outbox's status for `/readyz` goes.
+    pub(super) shared: Arc<crate::state::Shared>,
 }
 
 impl Engine {
@@ -79,7 +85,9 @@ impl Engine {
         }
     }
 
-    fn finish_flush(&mut self, done: FlushDone) {
+    fn finish_flush(&mut self, mut done: FlushDone) {
+        self.outbox
+            .restore_pending(std::mem::take(&mut done.undelivered));
         match (done.ok, done.batch) {
             (true, Some(batch)) => {
                 self.proc.flushed(&batch.checkpoints);
@@ -177,14 +185,23 @@ impl Flusher {
             me.shutdown.is_cancelled() && deadline.is_none()
                 || deadline.is_some_and(|d| started.elapsed() >= d)
         };
-        let failed = |batch| FlushDone {
+        let failed = |batch, undelivered| FlushDone {
             batch: Some(batch),
             ok: false,
             rows,
             elapsed: started.elapsed(),
+            undelivered,
         };
-        if !outbox::ensure_delivered(&self.producer, deliveries, deadline).await {
-            return failed(batch);
+        let undelivered = outbox::ensure_delivered(
+            &self.producer,
+            deliveries,
+            deadline,
+            &self.shutdown,
+            &self.shared,
+        )
+        .await;
+        if !undelivered.is_empty() {
+            return failed(batch, undelivered);
         }
         let mut backoff = flush_backoff();
         loop {
@@ -204,7 +221,7 @@ impl Flusher {
                     metrics::counter!(t::FLUSH_FAILURES).increment(1);
                     tracing::warn!(error = %e, rows, "flush to ClickHouse failed; retrying");
                     if give_up(&self) {
-                        return failed(batch);
+                        return failed(batch, Vec::new());
                     }
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     tokio::select! {
@@ -220,6 +237,7 @@ impl Flusher {
             ok: true,
             rows,
             elapsed: started.elapsed(),
+            undelivered: Vec::new(),
         }
     }
 

@@ -90,7 +90,6 @@ impl Counters {
         metrics::counter!(t::EVENTS_ALREADY_COUNTED).increment(std::mem::take(&mut self.already));
         for (code, n) in std::mem::take(&mut self.rejected) {
             metrics::counter!(t::EVENTS_REJECTED, "reason" => code).increment(n);
-            metrics::counter!(t::DLQ_PRODUCED).increment(n);
         }
     }
 }
@@ -126,6 +125,7 @@ pub fn run(
             consumer: Arc::downgrade(&consumer),
             topic: topic.clone(),
             shutdown: shutdown.clone(),
+            shared: shared.clone(),
         },
         restorer: rebalance::Restorer {
             ch,

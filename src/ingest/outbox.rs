@@ -1,39 +1,108 @@
 //! What the pipeline produces to Kafka and must see acknowledged before a flush commits:
 //! dead-letter messages (the original key and bytes, reason headers) and usage alerts
-//! (JSON, key: tenant id). [`Outbox`] enqueues them and keeps their delivery reports;
-//! [`ensure_delivered`] awaits the reports at flush time, re-sending failed messages.
-//! Wallet alerts ([`AlertSink`]) are produced here too, awaited one at a time.
+//! (JSON, key: tenant id). [`Outbox`] keeps each message (an owned copy) with its delivery
+//! attempt until the broker acknowledges it; [`ensure_delivered`] awaits them at flush
+//! time. Wallet alerts ([`AlertSink`]) are produced by the same kind of producer, awaited one
+//! at a time (the wallet service retries an alert it could not produce).
 //!
-//! A record is enqueued with [`send_retrying`], which waits while the producer's local
-//! queue is full; a message the producer rejects otherwise is logged and dropped (it cannot
-//! be sent at all).
+//! Nothing is dropped: a failed delivery (a missing topic, a broker down, a refused message)
+//! is retried with jittered backoff, forever. While messages wait, the flush that depends on
+//! them neither writes nor commits, so no offset is committed past an undelivered message's
+//! source offset; after the first failure `/readyz` answers 503 naming the topic, the error
+//! and the count, and `callmeter_outbox_undelivered` counts the messages waiting. A
+//! dead-letter copy the broker refuses as too large (the producer compresses with lz4) is
+//! re-sent with its payload halved until it fits, with the headers
+//! `callmeter.error.truncated` (original size in bytes) and `callmeter.error.sha256` (hex
+//! digest of the original bytes). `callmeter_dlq_messages_total` counts a copy once it is
+//! acknowledged.
+//!
+//! A retry of a produce whose acknowledgement was lost may leave a second copy on the
+//! broker: consumers dedupe dead-letter copies by their source headers
+//! (`callmeter.source.topic`, `.partition`, `.offset`) and alerts by `alert_id`, both
+//! deterministic.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::channel::oneshot::Canceled;
-use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alerts::Alert;
 use crate::config::KafkaSettings;
 use crate::event::Rejection;
+use crate::state::Shared;
 use crate::telemetry as t;
 
-/// A delivery report to await (a plain delivery future, or a task that also measured it).
-type DeliveryWait = Pin<Box<dyn Future<Output = Result<OwnedDeliveryResult, Canceled>> + Send>>;
+/// One delivery attempt: resolves once the broker acknowledged it or it failed.
+type Attempt = Pin<Box<dyn Future<Output = Result<(), KafkaError>> + Send>>;
+
+/// An owned copy of a message to produce.
+#[derive(Clone)]
+struct OutMessage {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    /// A dead-letter copy (counted and cut when too large), else an alert.
+    dlq: bool,
+    /// Size of the original payload once the copy was cut.
+    cut_from: Option<usize>,
+}
+
+impl OutMessage {
+    fn record(&self) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+        let mut rec = FutureRecord::to(&self.topic).headers(self.headers.clone());
+        if let Some(p) = &self.payload {
+            rec = rec.payload(p);
+        }
+        if let Some(k) = &self.key {
+            rec = rec.key(k);
+        }
+        rec
+    }
+
+    /// Halves the payload of a copy the broker refused as too large; the first cut adds
+    /// the original size and digest. False when nothing is left to cut.
+    fn cut(&mut self) -> bool {
+        let Some(p) = self.payload.as_mut() else {
+            return false;
+        };
+        if p.is_empty() {
+            return false;
+        }
+        if self.cut_from.is_none() {
+            let len = p.len();
+            let digest = hex::encode(Sha256::digest(&p[..]));
+            self.cut_from = Some(len);
+            self.headers = self
+                .headers
+                .clone()
+                .insert(Header {
+                    key: "callmeter.error.truncated",
+                    value: Some(len.to_string().as_str()),
+                })
+                .insert(Header {
+                    key: "callmeter.error.sha256",
+                    value: Some(digest.as_str()),
+                });
+        }
+        let keep = p.len() / 2;
+        p.truncate(keep);
+        true
+    }
+}
 
 /// A message produced to Kafka (DLQ or alert) whose delivery a flush must await.
 pub(super) struct Pending {
-    fut: DeliveryWait,
-    topic: String,
+    msg: OutMessage,
+    attempt: Attempt,
 }
 
 /// The producer with the topics it writes and the deliveries not yet awaited.
@@ -47,6 +116,8 @@ pub(super) struct Outbox {
 
 impl Outbox {
     pub(super) fn new(producer: FutureProducer, s: &KafkaSettings) -> Outbox {
+        metrics::gauge!(t::OUTBOX_UNDELIVERED).set(0.0);
+        metrics::counter!(t::DLQ_PRODUCED).increment(0);
         Outbox {
             producer,
             source_topic: s.topic.clone(),
@@ -61,15 +132,22 @@ impl Outbox {
         std::mem::take(&mut self.pending)
     }
 
+    /// Puts back deliveries a flush gave up waiting for (ahead of newer ones).
+    pub(super) fn restore_pending(&mut self, mut undelivered: Vec<Pending>) {
+        undelivered.append(&mut self.pending);
+        self.pending = undelivered;
+    }
+
+    fn enqueue(&mut self, msg: OutMessage, attempt: Attempt) {
+        metrics::gauge!(t::OUTBOX_UNDELIVERED).increment(1.0);
+        self.pending.push(Pending { msg, attempt });
+    }
+
     /// Produces a rejected message to the dead-letter topic.
     pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, r: &Rejection) {
-        let fut = dead_letter(&self.producer, &self.dlq_topic, &self.source_topic, msg, r);
-        if let Some(fut) = fut {
-            self.pending.push(Pending {
-                fut: Box::pin(fut),
-                topic: self.dlq_topic.clone(),
-            });
-        }
+        let m = dead_letter_message(&self.dlq_topic, &self.source_topic, msg, r);
+        let attempt = submit(&self.producer, &m);
+        self.enqueue(m, attempt);
     }
 
     /// Counts, logs and produces an alert that the message with Kafka timestamp `event_ms`
@@ -84,13 +162,20 @@ impl Outbox {
     ) {
         metrics::counter!(t::ALERTS, "kind" => a.kind.clone()).increment(1);
         tracing::info!(tenant = %a.tenant_id, meter = %a.meter, kind = %a.kind, usage = %a.usage, limit = ?a.limit, "usage alert");
-        let Some(fut) = produce_alert(&self.producer, &self.alerts_topic, a) else {
-            return;
+        let (key, body) = alert_record(a);
+        let m = OutMessage {
+            topic: self.alerts_topic.clone(),
+            key: Some(key),
+            payload: Some(body),
+            headers: OwnedHeaders::new(),
+            dlq: false,
+            cut_from: None,
         };
+        let fut = submit(&self.producer, &m);
         let task = tasks.spawn_on(
             async move {
                 let r = fut.await;
-                if let (Ok(Ok(_)), Some(ms)) = (&r, event_ms) {
+                if let (Ok(()), Some(ms)) = (&r, event_ms) {
                     let secs = (Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0;
                     metrics::histogram!(t::ALERT_LATENCY).record(secs);
                 }
@@ -98,96 +183,166 @@ impl Outbox {
             },
             rt,
         );
-        let wait: DeliveryWait = Box::pin(async move { task.await.unwrap_or(Err(Canceled)) });
-        self.pending.push(Pending {
-            fut: wait,
-            topic: self.alerts_topic.clone(),
-        });
+        let attempt: Attempt =
+            Box::pin(async move { task.await.unwrap_or(Err(KafkaError::Canceled)) });
+        self.enqueue(m, attempt);
     }
 }
 
-/// Waits until every message is acknowledged, re-sending failed ones; false when a report
-/// is lost (the producer closed) or `deadline` passes with messages still unacknowledged.
+/// Whether the broker (or the producer) refused a message as too large.
+fn too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
+}
+
+/// Waits until every message is acknowledged, re-sending failed ones with backoff (a copy
+/// refused as too large at once, cut). Returns the messages still undelivered when
+/// `deadline` passes, or when `shutdown` is cancelled and there is no deadline (the final
+/// flush takes them over); empty once all are delivered. While messages wait after a failure,
+/// `shared` carries the reason `/readyz` reports.
 pub(super) async fn ensure_delivered(
     producer: &FutureProducer,
     mut pending: Vec<Pending>,
     deadline: Option<Duration>,
-) -> bool {
+    shutdown: &CancellationToken,
+    shared: &Shared,
+) -> Vec<Pending> {
     let started = Instant::now();
+    let mut backoff = retry_backoff();
     while !pending.is_empty() {
-        let results = join_all(pending.drain(..).map(|p| async move {
-            let topic = p.topic;
-            (topic, p.fut.await)
-        }))
-        .await;
-        for (topic, r) in results {
+        // Attempts are all in flight at once; awaiting them in turn costs nothing.
+        let mut results = Vec::with_capacity(pending.len());
+        let mut waiting = Vec::new();
+        for mut p in pending.drain(..) {
+            if !waiting.is_empty() {
+                waiting.push(p);
+                continue;
+            }
+            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+            let r = tokio::select! {
+                r = &mut p.attempt => Some(r),
+                _ = tokio::time::sleep(left.unwrap_or_default()), if left.is_some() => None,
+                _ = shutdown.cancelled(), if left.is_none() => None,
+            };
             match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, msg))) => {
-                    tracing::warn!(error = %e, topic = %topic, "produce failed; re-sending");
-                    let mut rec = FutureRecord::to(&topic);
-                    let payload = msg.payload().map(|p| p.to_vec());
-                    let key = msg.key().map(|k| k.to_vec());
-                    if let Some(p) = &payload {
-                        rec = rec.payload(p);
-                    }
-                    if let Some(k) = &key {
-                        rec = rec.key(k);
-                    }
-                    if let Some(h) = Message::headers(&msg) {
-                        rec = rec.headers(h.clone());
-                    }
-                    if let Some(fut) = send_retrying(producer, rec) {
-                        pending.push(Pending {
-                            fut: Box::pin(fut),
-                            topic,
-                        });
-                    }
-                }
-                Err(_) => {
-                    tracing::warn!(topic = %topic, "delivery report lost (producer closed)");
-                    return false;
-                }
+                Some(r) => results.push((p.msg, r)),
+                None => waiting.push(p),
             }
         }
-        if !pending.is_empty() {
-            if deadline.is_some_and(|d| started.elapsed() >= d) {
-                return false;
+        let mut failed: Vec<(OutMessage, KafkaError)> = Vec::new();
+        for (msg, r) in results {
+            match r {
+                Ok(()) => {
+                    metrics::gauge!(t::OUTBOX_UNDELIVERED).decrement(1.0);
+                    if msg.dlq {
+                        metrics::counter!(t::DLQ_PRODUCED).increment(1);
+                    }
+                }
+                Err(e) => failed.push((msg, e)),
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if failed.is_empty() && waiting.is_empty() {
+            break;
+        }
+        pending = waiting;
+        let count = failed.len() + pending.len();
+        let mut later = Vec::new();
+        for (mut msg, e) in failed {
+            if msg.dlq && too_large(&e) && msg.cut() {
+                tracing::warn!(topic = %msg.topic, error = %e, original_bytes = ?msg.cut_from, now_bytes = ?msg.payload.as_ref().map(Vec::len), "dead-letter copy too large; re-sending it cut");
+                pending.push(Pending {
+                    attempt: submit(producer, &msg),
+                    msg,
+                });
+            } else {
+                if later.is_empty() {
+                    let why = format!(
+                        "{count} message(s) undelivered to Kafka topic {}: {e}",
+                        msg.topic
+                    );
+                    tracing::warn!(reason = %why, "produce failed; retrying");
+                    shared.set_outbox_blocked(Some(why));
+                }
+                later.push(msg);
+            }
+        }
+        if !later.is_empty() {
+            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            let delay = match deadline {
+                Some(d) => delay.min(d.saturating_sub(started.elapsed())),
+                None => delay,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled(), if deadline.is_none() => {}
+            }
+            for msg in later {
+                pending.push(Pending {
+                    attempt: submit(producer, &msg),
+                    msg,
+                });
+            }
+        }
+        if deadline.is_some_and(|d| started.elapsed() >= d)
+            || deadline.is_none() && shutdown.is_cancelled()
+        {
+            return pending;
         }
     }
-    true
+    shared.set_outbox_blocked(None);
+    pending
 }
 
-/// Sends a record, waiting while the local queue is full.
-fn send_retrying(
-    producer: &FutureProducer,
-    mut rec: FutureRecord<'_, Vec<u8>, Vec<u8>>,
-) -> Option<DeliveryFuture> {
+/// Delays between retries of failed deliveries: 200 ms doubling to 5 s, jittered, forever
+/// (each attempt itself may take up to the producer's `message.timeout.ms`).
+fn retry_backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Enqueues a message (waiting while the producer's local queue is full) and returns its
+/// delivery attempt; a message the producer refuses at once fails the attempt.
+fn submit(producer: &FutureProducer, m: &OutMessage) -> Attempt {
+    let mut rec = m.record();
     loop {
         match producer.send_result(rec) {
-            Ok(f) => return Some(f),
+            Ok(f) => {
+                return Box::pin(async move {
+                    match f.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(e),
+                        Err(_) => Err(KafkaError::Canceled),
+                    }
+                });
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 rec = r;
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err((e, _)) => {
-                tracing::error!(error = %e, "cannot enqueue message");
-                return None;
-            }
+            Err((e, _)) => return Box::pin(async move { Err(e) }),
         }
     }
 }
 
-/// Produces a rejected message to the dead-letter topic: original key and bytes, reason headers.
-fn dead_letter(
-    producer: &FutureProducer,
+/// A rejected message as the dead-letter topic carries it: original key and bytes, reason
+/// headers.
+fn dead_letter_message(
     dlq_topic: &str,
     source_topic: &str,
     msg: &BorrowedMessage<'_>,
     r: &Rejection,
-) -> Option<DeliveryFuture> {
+) -> OutMessage {
     let partition = msg.partition().to_string();
     let offset = msg.offset().to_string();
     let headers = OwnedHeaders::new()
@@ -211,28 +366,20 @@ fn dead_letter(
             key: "callmeter.source.offset",
             value: Some(offset.as_str()),
         });
-    let payload = msg.payload().map(|p| p.to_vec());
-    let key = msg.key().map(|k| k.to_vec());
-    let mut rec: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(dlq_topic).headers(headers);
-    if let Some(p) = &payload {
-        rec = rec.payload(p);
+    OutMessage {
+        topic: dlq_topic.to_string(),
+        key: msg.key().map(|k| k.to_vec()),
+        payload: msg.payload().map(|p| p.to_vec()),
+        headers,
+        dlq: true,
+        cut_from: None,
     }
-    if let Some(k) = &key {
-        rec = rec.key(k);
-    }
-    send_retrying(producer, rec)
 }
 
 /// An alert as the alerts topic carries it: (key, JSON body).
 fn alert_record(a: &Alert) -> (Vec<u8>, Vec<u8>) {
     let body = serde_json::to_vec(a).expect("alerts serialize");
     (a.tenant_id.as_bytes().to_vec(), body)
-}
-
-fn produce_alert(producer: &FutureProducer, topic: &str, a: &Alert) -> Option<DeliveryFuture> {
-    let (key, body) = alert_record(a);
-    let rec: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(topic).payload(&body).key(&key);
-    send_retrying(producer, rec)
 }
 
 /// Where wallet alerts go besides ClickHouse: the alerts topic, one alert at a time.

@@ -59,6 +59,8 @@ pub struct Shared {
     pub(super) consumed: AtomicU64,
     /// Why an owned partition cannot consume (e.g. its start position), by partition.
     pub(super) partition_errors: RwLock<BTreeMap<i32, String>>,
+    /// Why dead-letter messages or alerts wait for the broker (`None`: nothing waits long).
+    pub(super) outbox_blocked: RwLock<Option<String>>,
 }
 
 impl Shared {
@@ -73,6 +75,7 @@ impl Shared {
             tenant_partitions: DashMap::with_hasher(FxBuildHasher),
             first_periods: DashMap::new(),
             consumed: AtomicU64::new(0),
+            outbox_blocked: RwLock::new(None),
         })
     }
 
@@ -136,6 +139,20 @@ impl Shared {
     /// Messages taken from the source topic since start.
     pub fn consumed(&self) -> u64 {
         self.consumed.load(Ordering::Relaxed)
+    }
+
+    /// Records why dead-letter messages or alerts are not delivered (`None` once they are);
+    /// `/readyz` answers 503 with it.
+    pub fn set_outbox_blocked(&self, reason: Option<String>) {
+        *self.outbox_blocked.write().expect("outbox status lock") = reason;
+    }
+
+    /// Why dead-letter messages or alerts are not delivered, if they are not.
+    pub fn outbox_blocked(&self) -> Option<String> {
+        self.outbox_blocked
+            .read()
+            .expect("outbox status lock")
+            .clone()
     }
 
     /// Ready: at least one partition owned, all owned partitions restored, and none marked

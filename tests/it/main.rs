@@ -4,6 +4,7 @@
 mod common;
 mod faults;
 mod malformed;
+mod outbox;
 mod pricing;
 mod prometheus;
 mod realdata;

@@ -12,20 +12,26 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: assigned partitions restored and consuming.
+/// Readiness: assigned partitions restored and consuming, and every dead-letter message and
+/// alert delivered (else 503 with the topic, the error and the count).
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = 200, description = "Ready", body = String),
-        (status = 503, description = "Partitions not restored yet (or none assigned), or a partition cannot start: one line per reason", body = String)
+        (status = 503, description = "Partitions not restored yet (or none assigned), a partition cannot start, or dead-letter messages or alerts undelivered: one line per reason", body = String)
     )
 )]
 pub async fn readyz(State(s): State<ApiState>) -> Response {
-    if s.shared.ready() {
+    let outbox = s.shared.outbox_blocked();
+    if outbox.is_none() && s.shared.ready() {
         return (StatusCode::OK, "ready\n").into_response();
     }
     let mut body = String::from("not ready\n");
+    if let Some(why) = outbox {
+        body.push_str(&why);
+        body.push('\n');
+    }
     for (_, reason) in s.shared.partition_errors() {
         body.push_str(&reason);
         body.push('\n');

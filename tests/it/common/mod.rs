@@ -594,6 +594,14 @@ impl World {
     }
 
     pub fn on(name: &str, partitions: u32, brokers: &str, ch: &str) -> World {
+        let w = World::without_output_topics(name, partitions, brokers, ch);
+        create_topic(brokers, &w.dlq, 1);
+        create_topic(brokers, &w.alerts, 1);
+        w
+    }
+
+    /// A world whose dead-letter and alerts topics are not created (only the events topic).
+    pub fn without_output_topics(name: &str, partitions: u32, brokers: &str, ch: &str) -> World {
         let id = unique(name);
         let w = World {
             name: id.clone(),
@@ -612,8 +620,6 @@ impl World {
         };
         std::fs::create_dir_all(&w.dir).unwrap();
         create_topic(brokers, &w.topic, partitions);
-        create_topic(brokers, &w.dlq, 1);
-        create_topic(brokers, &w.alerts, 1);
         w
     }
 
