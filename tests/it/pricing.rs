@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::common::{World, eventually};
@@ -108,8 +108,13 @@ async fn usage_charges_entitlements_and_wallets_end_to_end() {
         call("p2", "acme", in_past, 130 * 60_000),
     ];
     first.push(call("p2", "acme", in_past, 130 * 60_000)); // duplicate: counted once
-    // saver: one top-up two periods ago, nothing since: 40 + 3 monthly grants of 15.
+    // saver (UTC, anchored on the 1st): one top-up of 40 in acme's period two back, nothing
+    // since: 40 + a monthly grant of 15 for every saver period from that one to today's
+    // (3 from the 15th of a month on, 4 before it: acme's periods start on the 15th).
     first.push(top_up("s1", "saver", in_past, "40"));
+    let months = |t: DateTime<Utc>| t.year() * 12 + t.month() as i32;
+    let saver_periods = months(recent) - months(in_past) + 1;
+    let saver_balance = json!(format!("{}.00", 40 + 15 * saver_periods));
     w.produce(&first).await;
 
     let mut msgs = vec![
@@ -349,7 +354,7 @@ async fn usage_charges_entitlements_and_wallets_end_to_end() {
     );
 
     until(&w, "/v1/tenants/saver/usage", |b| {
-        b["wallet"]["balance"] == json!("85.00")
+        b["wallet"]["balance"] == saver_balance
     })
     .await;
 
@@ -383,7 +388,7 @@ async fn usage_charges_entitlements_and_wallets_end_to_end() {
     let (_, body, _) = get(&w, &past_path, Some("test-token")).await;
     assert!(past_want(&body), "{body}");
     let body = until(&w, "/v1/tenants/saver/usage", |b| b.get("wallet").is_some()).await;
-    assert_eq!(body["wallet"]["balance"], json!("85.00"), "{body}");
+    assert_eq!(body["wallet"]["balance"], saver_balance, "{body}");
     assert_eq!(body["meters"][1]["usage"], json!("0"));
 
     // Reload on file change: a bad file is refused (old config kept), a good one applies.
