@@ -154,7 +154,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
     signals.abort();
     tasks.close();
     if rt
-        .block_on(tokio::time::timeout(TASKS_GRACE, tasks.wait()))
+        .block_on(async { tokio::time::timeout(TASKS_GRACE, tasks.wait()).await })
         .is_err()
     {
         tracing::warn!(
