@@ -14,7 +14,7 @@ cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo clippy --release --all-targets --all-features -- -D warnings
 cargo test --release --all-targets --all-features
-CALLMETER_TEST_BROKER=tansu cargo test --release --all-features --test it realdata
+BROKER=tansu cargo test --release --all-features --test it realdata
 python3 scripts/check_ddl_current.py
 if [ -d prometheus/tests ]; then
   for t in prometheus/tests/*.yml; do promtool test rules "$t"; done

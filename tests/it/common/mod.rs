@@ -1,5 +1,5 @@
 //! Test fixture: real ClickHouse and real broker processes (Apache Kafka by default, tansu
-//! with `CALLMETER_TEST_BROKER=tansu`), a fresh database and topic set per test, and the
+//! with `BROKER=tansu`), a fresh database and topic set per test, and the
 //! `callmeter` binary run as a child process.
 //!
 //! Servers are started once per test binary (shared) or per test (when a test stops or
@@ -173,7 +173,7 @@ impl Drop for ClickHouseServer {
 }
 
 /// The broker the suite runs on: Apache Kafka by default, tansu with
-/// `CALLMETER_TEST_BROKER=tansu`.
+/// `BROKER=tansu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     /// Apache Kafka (the version pinned in `scripts/kafka/pom.xml`), KRaft combined mode.
@@ -184,10 +184,10 @@ pub enum Flavor {
 
 /// The broker flavor chosen for this test process.
 pub fn flavor() -> Flavor {
-    match std::env::var("CALLMETER_TEST_BROKER").as_deref() {
+    match std::env::var("BROKER").as_deref() {
         Ok("tansu") => Flavor::Tansu,
         Ok("kafka") | Err(_) => Flavor::Kafka,
-        Ok(other) => panic!("CALLMETER_TEST_BROKER must be kafka or tansu, not {other}"),
+        Ok(other) => panic!("BROKER must be kafka or tansu, not {other}"),
     }
 }
 
@@ -207,7 +207,7 @@ fn kafka_libs() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/kafka/libs"));
     assert!(
         dir.join(".").is_dir(),
-        "no Apache Kafka jars in {}: run scripts/setup.sh (or CALLMETER_TEST_BROKER=tansu)",
+        "no Apache Kafka jars in {}: run scripts/setup.sh (or BROKER=tansu)",
         dir.display()
     );
     dir
