@@ -54,7 +54,8 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 PROPS
   cluster=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-  kafka_java kafka.tools.StorageTool format --standalone -t "$cluster" \
+  # --cluster-id=ID: an id may start with "-", which the tool would take for an option.
+  kafka_java kafka.tools.StorageTool format --standalone --cluster-id="$cluster" \
     -c "$dir/server.properties" >"$dir/format.log" 2>&1
   echo "$label: starting Apache Kafka $(ls "$KAFKA_LIBS"/kafka_2.13-*.jar | sed 's/.*kafka_2.13-//; s/.jar$//') (KRaft) on 127.0.0.1:$KAFKA_PORT"
   started=$(date +%s.%N)

@@ -304,7 +304,8 @@ group.consumer.heartbeat.interval.ms=1000
         std::fs::write(self.dir.join("server.properties"), props).unwrap();
         let out = kafka_java(&kafka_libs())
             .args(["kafka.tools.StorageTool", "format", "--standalone"])
-            .args(["-t", &kafka_cluster_id()])
+            // `--cluster-id=ID`: an id may start with `-`, which the tool would take for an option.
+            .arg(format!("--cluster-id={}", kafka_cluster_id()))
             .arg("-c")
             .arg(self.dir.join("server.properties"))
             .output()
