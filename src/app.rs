@@ -129,9 +129,10 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         )
     });
     let (stop, rt_handle, ingest_tasks) = (shutdown.clone(), handle.clone(), tasks.clone());
+    exit_on_consumer_panic();
     let worker = std::thread::Builder::new()
-        .name("callmeter-consumer".into())
-        .spawn(move || crate::ingest::run(config, shared, stop, rt_handle, ingest_tasks))
+        .name(CONSUMER_THREAD.into())
+        .spawn(move || consume(config, shared, stop, rt_handle, ingest_tasks))
         .context("starting the consumer thread")?;
     let res = worker
         .join()
@@ -163,6 +164,63 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         );
     }
     res?
+}
+
+/// Name of the consuming thread (the panic hook recognises it).
+const CONSUMER_THREAD: &str = "callmeter-consumer";
+
+/// Backoff before a new consumer after a retryable fatal error (UNRELEASED_INSTANCE_ID: the
+/// previous incarnation's session must expire first).
+const FATAL_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Makes a panic on the consuming thread end the process with status
+/// [`crate::ingest::PANIC_EXIT`] (after the usual panic message): never a process that
+/// answers `/healthz` and `/readyz` while nothing is consumed. Unwinding is not waited for
+/// (dropping the Kafka consumer from a panicking thread can block in its rebalance
+/// callbacks); the supervisor restarts the process and the restore rebuilds exact state.
+fn exit_on_consumer_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if std::thread::current().name() == Some(CONSUMER_THREAD) {
+            tracing::error!(panic = %info, "panic on the consuming thread: exiting");
+            std::process::exit(crate::ingest::PANIC_EXIT);
+        }
+    }));
+}
+
+/// Runs the consuming side; after a retryable fatal consumer error, a new consumer joins
+/// after [`FATAL_RETRY_BACKOFF`]; any other fatal error ends the process non-zero.
+fn consume(
+    config: Config,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    rt: tokio::runtime::Handle,
+    tasks: TaskTracker,
+) -> anyhow::Result<()> {
+    loop {
+        let res = crate::ingest::run(
+            config.clone(),
+            shared.clone(),
+            stop.clone(),
+            rt.clone(),
+            tasks.clone(),
+        );
+        match res {
+            Err(e)
+                if e.downcast_ref::<crate::ingest::FatalConsumerError>()
+                    .is_some_and(|f| f.is_retryable())
+                    && !stop.is_cancelled() =>
+            {
+                tracing::warn!(error = %e, backoff = ?FATAL_RETRY_BACKOFF, "recreating the Kafka consumer after a fatal error");
+                let deadline = std::time::Instant::now() + FATAL_RETRY_BACKOFF;
+                while std::time::Instant::now() < deadline && !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Creates the ClickHouse database and missing tables, retrying until ClickHouse answers.

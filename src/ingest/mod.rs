@@ -65,8 +65,39 @@ struct Core {
 }
 
 impl Core {
+    /// The engine; a poisoned lock (a panic while it was held) ends the process with status
+    /// 70: the state may be half-updated, and a process that cannot consume must not stay up
+    /// answering `/healthz`. The supervisor restarts it; the restore rebuilds exact state.
     fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().expect("engine lock")
+        match self.engine.lock() {
+            Ok(g) => g,
+            Err(_) => {
+                tracing::error!(
+                    "the engine lock is poisoned (a panic on the consuming thread): exiting"
+                );
+                std::process::exit(PANIC_EXIT);
+            }
+        }
+    }
+}
+
+/// Exit status after a panic on the consuming thread (EX_SOFTWARE).
+pub const PANIC_EXIT: i32 = 70;
+
+/// The consumer hit a fatal librdkafka error: it cannot be used again.
+#[derive(Debug, thiserror::Error)]
+#[error("fatal Kafka consumer error {code:?}: {reason}")]
+pub struct FatalConsumerError {
+    pub code: rdkafka::types::RDKafkaErrorCode,
+    pub reason: String,
+}
+
+impl FatalConsumerError {
+    /// Whether a new consumer, after a backoff, can succeed: under KIP-848 a restarted static
+    /// member that joins before its previous incarnation's session expired is refused with
+    /// UNRELEASED_INSTANCE_ID; once that session expires the id is free again.
+    pub fn is_retryable(&self) -> bool {
+        self.code == rdkafka::types::RDKafkaErrorCode::UnreleasedInstanceId
     }
 }
 
@@ -110,7 +141,6 @@ pub fn run(
     }
     metrics::counter!(t::COMMIT_FAILURES).increment(0);
     metrics::counter!(t::FLUSH_FAILURES).increment(0);
-    metrics::counter!(t::DEDUP_EVICTED_EARLY).increment(0);
     let ks = &config.settings.kafka;
     let consumer = Arc::new(consumer::consumer(ks)?);
     let producer = consumer::producer(ks)?;
@@ -162,6 +192,7 @@ pub fn run(
     let mut last_publish = Instant::now();
     let mut counters = Counters::default();
 
+    let mut fatal = None;
     while !shutdown.is_cancelled() {
         {
             let mut e = core.engine();
@@ -190,6 +221,11 @@ pub fn run(
         let msg = match res {
             Ok(m) => m,
             Err(e) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    tracing::error!(error = %e, ?code, %reason, "fatal Kafka consumer error");
+                    fatal = Some(FatalConsumerError { code, reason });
+                    break;
+                }
                 tracing::warn!(error = %e, "consumer error");
                 continue;
             }
@@ -228,6 +264,18 @@ pub fn run(
     counters.publish();
     let ok = core.flush_now(ps.shutdown_timeout);
     tracing::info!(flushed = ok, "final flush done");
+    if let Some(f) = fatal {
+        // The consumer is unusable: forget every partition (the next consumer restores them
+        // from what was stored) and hand the error to the caller.
+        {
+            let mut e = core.engine();
+            for p in e.proc.owned_partitions() {
+                e.proc.revoke(p);
+            }
+        }
+        drop(consumer);
+        return Err(f.into());
+    }
     consumer.unsubscribe();
     drop(consumer);
     Ok(())
@@ -237,7 +285,7 @@ fn publish_gauges(e: &Engine, shared: &Shared) {
     let proc = &e.proc;
     metrics::gauge!(t::DIRTY_ROWS).set(proc.dirty_rows() as f64);
     metrics::gauge!(t::DEDUP_ENTRIES).set(proc.dedup_entries() as f64);
-    metrics::counter!(t::DEDUP_EVICTED_EARLY).absolute(proc.dedup_evicted_early());
+    metrics::gauge!(t::DEDUP_OVER_CAP).set(proc.dedup_over_cap() as f64);
     metrics::gauge!(t::STATE_ROWS).set(shared.row_count() as f64);
     metrics::gauge!(t::PARTITIONS_OWNED).set(shared.owned_partitions().len() as f64);
     metrics::gauge!(t::READY).set(if shared.ready() { 1.0 } else { 0.0 });

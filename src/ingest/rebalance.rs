@@ -289,7 +289,11 @@ impl Restorer {
                         &consumer,
                         &topic,
                         partition,
-                        c.max_ts_ms - params.dedup_window_ms - params.replay_margin_ms(),
+                        // Arrival times are capped at the clock; so is an older checkpoint's.
+                        c.max_ts_ms
+                            .min(chrono::Utc::now().timestamp_millis())
+                            .saturating_sub(params.dedup_window_ms)
+                            .saturating_sub(params.replay_margin_ms()),
                         pos,
                         timeout,
                     )

@@ -271,9 +271,12 @@ impl Reporter {
         };
         for r in too_old.iter().chain(&expired) {
             if self.pending.remove(&r.identifier).is_none() {
-                *self.reported.entry(r.key.clone()).or_default() += r.value();
+                {
+                    let e = self.reported.entry(r.key.clone()).or_default();
+                    *e = e.saturating_add(r.value());
+                }
             }
-            stats.unreportable_units += r.value();
+            stats.unreportable_units = stats.unreportable_units.saturating_add(r.value());
             metrics::counter!(t::STRIPE_UNREPORTABLE, "meter" => r.key.meter.clone())
                 .increment(r.value() as u64);
             tracing::warn!(tenant = %r.key.tenant, meter = %r.key.meter, period_start = %batch::rfc3339(r.key.period_start),
@@ -281,7 +284,10 @@ impl Reporter {
                 "usage older than Stripe's 35-day window cannot be reported; recorded as unreportable in stripe_reports");
         }
         for r in fresh {
-            *self.reported.entry(r.key.clone()).or_default() += r.value();
+            {
+                let e = self.reported.entry(r.key.clone()).or_default();
+                *e = e.saturating_add(r.value());
+            }
             self.pending.insert(r.identifier.clone(), r);
         }
         self.since = Some(real_start);
@@ -346,7 +352,7 @@ impl Reporter {
             self.targets.keys().map(|m| (m.as_str(), 0)).collect();
         for (k, v) in &self.carried {
             if let Some(c) = carried.get_mut(k.meter.as_str()) {
-                *c += v;
+                *c = c.saturating_add(*v);
             }
         }
         for (m, v) in carried {

@@ -3,6 +3,7 @@
 
 mod common;
 mod faults;
+mod hostile;
 mod malformed;
 mod outbox;
 mod pricing;
