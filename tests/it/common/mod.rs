@@ -538,6 +538,33 @@ pub fn create_topic_admin(brokers: &str, name: &str, partitions: u32, configs: &
     }
 }
 
+/// Sets topic configs on an existing topic with rdkafka's admin client (incremental
+/// semantics are not needed: the test sets what it names).
+pub fn alter_topic(brokers: &str, name: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (k, v) in configs {
+        change = change.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = std::thread::scope(|s| {
+        s.spawn(|| futures::executor::block_on(admin.alter_configs([&change], &opts)))
+            .join()
+            .expect("admin thread")
+    })
+    .expect("alter configs");
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("altering topic {t:?}: {e}");
+        }
+    }
+}
+
 /// A unique name for this test's resources.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
