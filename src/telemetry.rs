@@ -33,6 +33,9 @@ pub const LAST_FLUSH: &str = "callmeter_last_successful_flush_timestamp_seconds"
 pub const DIRTY_ROWS: &str = "callmeter_dirty_rows";
 pub const STATE_ROWS: &str = "callmeter_state_rows";
 pub const DEDUP_ENTRIES: &str = "callmeter_dedup_entries";
+pub const MEMORY_USED: &str = "callmeter_memory_used_bytes";
+pub const MEMORY_BUDGET: &str = "callmeter_memory_budget_bytes";
+pub const MEMORY_OVER: &str = "callmeter_memory_over_budget";
 pub const DEDUP_EVICTED_EARLY: &str = "callmeter_dedup_evicted_early_total";
 pub const COMMITS: &str = "callmeter_offset_commits_total";
 pub const COMMIT_FAILURES: &str = "callmeter_offset_commit_failures_total";
@@ -162,6 +165,15 @@ fn describe() {
     describe_gauge!(DIRTY_ROWS, "Rollup rows changed since the last flush.");
     describe_gauge!(STATE_ROWS, "Rollup rows held in memory.");
     describe_gauge!(DEDUP_ENTRIES, "Event identities held for deduplication.");
+    describe_gauge!(
+        MEMORY_USED,
+        "Estimated bytes of rows, dedup entries, raw events and undelivered messages (pipeline.max_memory)."
+    );
+    describe_gauge!(MEMORY_BUDGET, "pipeline.max_memory in bytes.");
+    describe_gauge!(
+        MEMORY_OVER,
+        "1 while consumption is paused because the memory estimate is over pipeline.max_memory."
+    );
     describe_counter!(
         DEDUP_EVICTED_EARLY,
         "Dedup entries dropped before the window ended because pipeline.max_dedup_entries was reached."

@@ -274,7 +274,7 @@ impl Progress {
 pub fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let rate = done as f64 / secs;
-    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
     let left = if rate > 0.0 {
         format!("{:.0} s left", total.saturating_sub(done) as f64 / rate)
     } else {

@@ -43,6 +43,8 @@ pub(super) struct Outbox {
     dlq_topic: String,
     alerts_topic: String,
     pending: Vec<Pending>,
+    /// Estimated bytes of `pending` (see [`Outbox::undelivered_bytes`]).
+    pending_bytes: u64,
 }
 
 impl Outbox {
@@ -53,18 +55,28 @@ impl Outbox {
             dlq_topic: s.dlq_topic.clone(),
             alerts_topic: s.alerts_topic.clone(),
             pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
     /// Deliveries not yet handed to a flush.
     pub(super) fn take_pending(&mut self) -> Vec<Pending> {
+        self.pending_bytes = 0;
         std::mem::take(&mut self.pending)
+    }
+
+    /// Estimated bytes held by messages not yet handed to a flush (for `pipeline.max_memory`):
+    /// each message's payload plus [`super::memory::MESSAGE_OVERHEAD_BYTES`].
+    pub(super) fn undelivered_bytes(&self) -> u64 {
+        self.pending_bytes
     }
 
     /// Produces a rejected message to the dead-letter topic.
     pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, r: &Rejection) {
         let fut = dead_letter(&self.producer, &self.dlq_topic, &self.source_topic, msg, r);
         if let Some(fut) = fut {
+            let len = msg.payload().map_or(0, <[u8]>::len) as u64;
+            self.pending_bytes += len + super::memory::MESSAGE_OVERHEAD_BYTES;
             self.pending.push(Pending {
                 fut: Box::pin(fut),
                 topic: self.dlq_topic.clone(),
@@ -99,6 +111,7 @@ impl Outbox {
             rt,
         );
         let wait: DeliveryWait = Box::pin(async move { task.await.unwrap_or(Err(Canceled)) });
+        self.pending_bytes += 512 + super::memory::MESSAGE_OVERHEAD_BYTES;
         self.pending.push(Pending {
             fut: wait,
             topic: self.alerts_topic.clone(),

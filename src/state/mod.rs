@@ -219,6 +219,11 @@ impl Processor {
         self.partitions.values().map(|p| p.dedup.len()).sum()
     }
 
+    /// Raw events waiting for a flush (`clickhouse.raw_events`).
+    pub fn raw_events_pending(&self) -> usize {
+        self.raw_events.len()
+    }
+
     pub fn dedup_evicted_early(&self) -> u64 {
         self.dedup_evicted_early
     }

@@ -57,6 +57,8 @@ pub struct Shared {
     /// Messages the consuming loop took from the source topic since start (progress, for
     /// `callmeter bench` and tests).
     pub(super) consumed: AtomicU64,
+    /// Problems that make the instance unready (e.g. a permanent ClickHouse error).
+    pub health: crate::health::Health,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             tenant_partitions: DashMap::with_hasher(FxBuildHasher),
             first_periods: DashMap::new(),
             consumed: AtomicU64::new(0),
+            health: Default::default(),
         })
     }
 

@@ -8,5 +8,6 @@ mod pricing;
 mod prometheus;
 mod realdata;
 mod rebalance;
+mod sink;
 #[cfg(feature = "testkit")]
 mod stripe;

@@ -12,17 +12,22 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: assigned partitions restored and consuming.
+/// Readiness: assigned partitions restored and consuming, and no problem in effect (a
+/// permanent ClickHouse error is named in the body).
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = 200, description = "Ready", body = String),
-        (status = 503, description = "Partitions not restored yet (or none assigned)", body = String)
+        (status = 503, description = "Partitions not restored yet (or none assigned), or a problem such as a permanent ClickHouse error (named in the body)", body = String)
     )
 )]
 pub async fn readyz(State(s): State<ApiState>) -> Response {
-    if s.shared.ready() {
+    let problems = s.shared.health.problems();
+    if !problems.is_empty() {
+        let body = format!("not ready\n{}\n", problems.join("\n"));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else if s.shared.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
