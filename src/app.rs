@@ -7,9 +7,10 @@
 //! shutdown: the first SIGTERM/SIGINT cancels the token; the consuming thread drains,
 //! flushes and commits, and is joined; only then is Stripe reporting stopped (it runs one
 //! last cycle, so it reports that final flush: this is why it watches its own token,
-//! cancelled after the join, bounded by `pipeline.shutdown_timeout`); then the other
-//! tasks, which stop on the shared token, are joined. A second signal exits at once
-//! (status 130). SIGHUP, or a change of the configuration file's modification time, reloads
+//! cancelled after the join); then the other tasks, which stop on the shared token, are
+//! joined. The whole shutdown is bounded by `pipeline.shutdown_timeout` (a watchdog exits
+//! with status 1 past it); a final flush that fails makes the exit status 1. A second
+//! signal exits at once (status 130). SIGHUP, or a change of the configuration file's modification time, reloads
 //! plans, tenants and API tokens ([`reload`]).
 
 use std::path::{Path, PathBuf};
@@ -128,6 +129,25 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
             handle,
         )
     });
+    // The whole shutdown is bounded by pipeline.shutdown_timeout from the moment the token
+    // is cancelled: the final flush takes its share (`ingest::final_flush_budget`), Stripe
+    // and the remaining tasks what is left; a watchdog exits with status 1 if anything
+    // still hangs a second after the bound.
+    let shutdown_timeout = config.settings.pipeline.shutdown_timeout;
+    let cancelled_at = Arc::new(std::sync::OnceLock::new());
+    {
+        let (token, at) = (shutdown.clone(), cancelled_at.clone());
+        handle.spawn(async move {
+            token.cancelled().await;
+            let t0 = *at.get_or_init(std::time::Instant::now);
+            tokio::time::sleep_until((t0 + shutdown_timeout + Duration::from_secs(1)).into()).await;
+            tracing::error!(
+                ?shutdown_timeout,
+                "shutdown did not finish within pipeline.shutdown_timeout; exiting"
+            );
+            std::process::exit(1);
+        });
+    }
     let (stop, rt_handle, ingest_tasks) = (shutdown.clone(), handle.clone(), tasks.clone());
     exit_on_consumer_panic();
     let worker = std::thread::Builder::new()
@@ -136,11 +156,18 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         .context("starting the consumer thread")?;
     let res = worker
         .join()
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"));
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))
+        .and_then(|r| r);
     shutdown.cancel();
+    let deadline = *cancelled_at.get_or_init(std::time::Instant::now) + shutdown_timeout;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    if let Err(e) = &res {
+        tracing::error!(error = %e, "pipeline stopped with an error");
+    }
     if let Some(task) = stripe_task {
         stripe_stop.cancel();
         let abort = task.abort_handle();
+        let stripe_deadline = stripe_deadline.min(left());
         if rt
             .block_on(async move { tokio::time::timeout(stripe_deadline, task).await })
             .is_err()
@@ -155,7 +182,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
     signals.abort();
     tasks.close();
     if rt
-        .block_on(async { tokio::time::timeout(TASKS_GRACE, tasks.wait()).await })
+        .block_on(async { tokio::time::timeout(TASKS_GRACE.min(left()), tasks.wait()).await })
         .is_err()
     {
         tracing::warn!(
@@ -163,7 +190,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
             "tasks did not stop in time; dropped with the runtime"
         );
     }
-    res?
+    res
 }
 
 /// Name of the consuming thread (the panic hook recognises it).

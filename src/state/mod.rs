@@ -227,6 +227,11 @@ impl Processor {
         self.dedup_over_cap
     }
 
+    /// Raw events waiting for a flush (`clickhouse.raw_events`).
+    pub fn raw_events_pending(&self) -> usize {
+        self.raw_events.len()
+    }
+
     /// Alerts fired since the last call, to be sent to the alerts topic now.
     pub fn take_new_alerts(&mut self) -> Vec<Alert> {
         std::mem::take(&mut self.new_alerts)

@@ -72,6 +72,8 @@ pub struct Shared {
     pub(super) partition_errors: RwLock<BTreeMap<i32, String>>,
     /// Why dead-letter messages or alerts wait for the broker (`None`: nothing waits long).
     pub(super) outbox_blocked: RwLock<Option<String>>,
+    /// Problems that make the instance unready (e.g. a permanent ClickHouse error).
+    pub health: crate::health::Health,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ impl Shared {
             first_periods: DashMap::new(),
             consumed: AtomicU64::new(0),
             outbox_blocked: RwLock::new(None),
+            health: Default::default(),
         })
     }
 

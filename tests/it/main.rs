@@ -10,6 +10,7 @@ mod pricing;
 mod prometheus;
 mod realdata;
 mod rebalance;
+mod sink;
 mod startpos;
 #[cfg(feature = "testkit")]
 mod stripe;
