@@ -61,6 +61,9 @@ struct Core {
     topic: Arc<str>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
+    /// Set when the final flush of a shutdown failed (the revocation that follows does not
+    /// try again).
+    final_flush_failed: std::sync::atomic::AtomicBool,
     rt: tokio::runtime::Handle,
     tasks: TaskTracker,
 }
@@ -180,6 +183,7 @@ pub fn run(
         topic: topic.clone(),
         shutdown: shutdown.clone(),
         shutdown_timeout: config.settings.pipeline.shutdown_timeout,
+        final_flush_failed: Default::default(),
         rt,
         tasks,
     });
@@ -289,6 +293,10 @@ pub fn run(
     counters.publish();
     let budget = final_flush_budget(ps.shutdown_timeout);
     let ok = core.flush_now(budget);
+    if !ok {
+        core.final_flush_failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     tracing::info!(flushed = ok, "final flush done");
     if let Some(f) = fatal {
         // The consumer is unusable: forget every partition (the next consumer restores them

@@ -127,5 +127,9 @@ async fn final_flush_failure_exits_non_zero_within_the_shutdown_bound() {
         took < Duration::from_secs(8),
         "shutdown bounded by shutdown_timeout (6 s) plus the watchdog's second: {took:?}"
     );
-    assert!(p.log_text().contains("final flush failed"));
+    assert!(
+        p.log_text().contains("final flush failed"),
+        "the reason is logged; log:\n{}",
+        tail(&p.log_text())
+    );
 }
