@@ -1,13 +1,15 @@
 //! ClickHouse faults the pipeline must survive without stalling or losing data (issue 12):
 //! a permanent error (a table gone) turns `/readyz` to 503 naming it while state is kept and
 //! totals end exact once fixed; a final flush that cannot reach ClickHouse makes the exit
-//! status non-zero within `pipeline.shutdown_timeout`.
+//! status non-zero within `pipeline.shutdown_timeout`; ClickHouse frozen (SIGSTOP) under
+//! sustained load stays within `pipeline.max_memory`: consumption pauses and the totals are
+//! exact after SIGCONT.
 
 use std::time::{Duration, Instant};
 
 use callmeter::cli::loadgen::{Generated, generate};
 
-use crate::common::{ClickHouseServer, World, eventually};
+use crate::common::{ClickHouseServer, World, eventually, rss_kb, signal};
 use crate::faults::{PRICING, spec, stream, tail, truth, wait_exact};
 
 async fn ready_status(url: &str) -> Option<(u16, String)> {
@@ -132,4 +134,87 @@ async fn final_flush_failure_exits_non_zero_within_the_shutdown_bound() {
         "the reason is logged; log:\n{}",
         tail(&p.log_text())
     );
+}
+
+/// ClickHouse frozen with SIGSTOP for 60 s while 6,000 events/s arrive, with
+/// `max_memory = "64MiB"` and raw events on (640 B each wait in memory for their flush):
+/// consumption pauses (`callmeter_consumption_paused` 1), the process's RSS grows by no more
+/// than the budget plus 150 MiB (the allocator's retained pages, librdkafka's fetch queue of
+/// up to 64 MiB, `queued.max.messages.kbytes`, and the flush snapshot's encoding buffers),
+/// and after SIGCONT every event is counted exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn clickhouse_frozen_under_load_stays_within_the_memory_budget() {
+    const BUDGET_MIB: u64 = 64;
+    const MARGIN_MIB: u64 = 150;
+    let ch = ClickHouseServer::start("frozen");
+    let brokers = crate::common::shared().brokers.clone();
+    let w = World::on("frozen", 2, &brokers, &ch.url)
+        .extra(PRICING)
+        .section(
+            "pipeline",
+            &format!(
+                "flush_interval = \"1s\"\nmax_memory = \"{BUDGET_MIB}MiB\"\ndedup_window = \"1h\"\nmax_dirty_rows = 1000000"
+            ),
+        )
+        .section("clickhouse", "raw_events = true\nrequest_timeout = \"5s\"");
+    // 480,000 distinct events (5 % duplicates), 500 tenants: 80 s at 6,000 events/s.
+    let msgs: Vec<Generated> = generate(&spec(480_000, 500, 31)).collect();
+    let truth = truth(&msgs);
+    let mut p = w.run("i0");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            ready_status(&w.api("/readyz"))
+                .await
+                .is_some_and(|(c, _)| c == 200)
+        })
+        .await
+    );
+    let pid = p.pid().expect("running");
+    let before = rss_kb(pid).expect("rss");
+    let ch_pid = ch.pid().expect("ClickHouse running");
+    let producer = {
+        let w = w.clone();
+        tokio::spawn(async move { stream(&w, msgs, 6_000).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal(ch_pid, "STOP");
+    let frozen_at = Instant::now();
+    let (mut peak, mut paused_seen, mut used_peak) = (before, false, 0.0f64);
+    while frozen_at.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak = peak.max(rss_kb(pid).unwrap_or(0));
+        paused_seen |= metric(&w.api("/metrics"), "callmeter_consumption_paused").await == 1.0;
+        used_peak = used_peak.max(metric(&w.api("/metrics"), "callmeter_memory_used_bytes").await);
+    }
+    let at_thaw = rss_kb(pid).unwrap_or(0);
+    signal(ch_pid, "CONT");
+    producer.await.expect("producer");
+    let bad = wait_exact(&w, &truth, Duration::from_secs(180)).await;
+    let after = rss_kb(pid).unwrap_or(0);
+    eprintln!(
+        "memory under a frozen ClickHouse (budget {BUDGET_MIB} MiB): RSS before {} MiB, peak {} MiB (growth {} MiB), at SIGCONT {} MiB, after catching up {} MiB; estimate peak {:.1} MiB; paused seen: {paused_seen}",
+        before / 1024,
+        peak / 1024,
+        peak.saturating_sub(before) / 1024,
+        at_thaw / 1024,
+        after / 1024,
+        used_peak / 1048576.0
+    );
+    assert!(
+        paused_seen,
+        "consumption paused; log:\n{}",
+        tail(&p.log_text())
+    );
+    assert!(
+        peak.saturating_sub(before) <= (BUDGET_MIB + MARGIN_MIB) * 1024,
+        "RSS growth {} MiB is over the budget plus {MARGIN_MIB} MiB",
+        peak.saturating_sub(before) / 1024
+    );
+    assert_eq!(
+        bad,
+        0,
+        "totals exact after SIGCONT; log:\n{}",
+        tail(&p.log_text())
+    );
+    assert_eq!(p.terminate(Duration::from_secs(60)), Some(0));
 }

@@ -97,6 +97,27 @@ fn test_root() -> PathBuf {
     p
 }
 
+/// A process's resident memory in kB (`VmRSS` of /proc/PID/status).
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Sends a signal (`STOP`, `CONT`, ...) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
 /// A ClickHouse server process.
 pub struct ClickHouseServer {
     pub url: String,
@@ -149,6 +170,11 @@ impl ClickHouseServer {
             assert!(Instant::now() < deadline, "ClickHouse did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The server's process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the server (an outage).
@@ -388,15 +414,7 @@ group.consumer.heartbeat.interval.ms=1000
 
     /// The broker's resident memory in kB (from /proc), when running.
     pub fn rss_kb(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        rss_kb(self.child.as_ref()?.id())
     }
 
     /// Creates a topic (neither broker auto-creates).
@@ -896,6 +914,11 @@ impl Pipeline {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {
