@@ -59,7 +59,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         shared.clone(),
         ch.clone(),
         Some(alert_sink),
-        config.settings.metrics.tenant_gauges_max,
+        config.settings.metrics.tenant_gauge_cap(),
     ));
     tasks.spawn_on(
         wallets.clone().run(
@@ -75,15 +75,17 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         tokens: tokens.clone(),
         wallets: Some(wallets),
     };
-    tasks.spawn_on(
-        crate::gauges::run(
-            shared.clone(),
-            state.telemetry.clone(),
-            config.settings.metrics.tenant_gauges_max,
-            shutdown.clone(),
-        ),
-        handle,
-    );
+    if config.settings.metrics.tenant_gauges {
+        tasks.spawn_on(
+            crate::gauges::run(
+                shared.clone(),
+                state.telemetry.clone(),
+                config.settings.metrics.tenant_gauges_max,
+                shutdown.clone(),
+            ),
+            handle,
+        );
+    }
     let listen = config.settings.api.listen.clone();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&listen))

@@ -360,14 +360,30 @@ impl Default for ApiSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
+    /// Export the per-tenant series (`callmeter_tenant_usage`, `_usage_ratio`,
+    /// `_overage_capped`, `callmeter_wallet_balance`). Off by default: `/metrics` needs no
+    /// token, and these name tenants and their balances to anyone who can reach it.
+    pub tenant_gauges: bool,
     /// Export per-tenant usage gauges (`callmeter_tenant_usage_ratio`, ...) for at most this
     /// many tenants; above it the per-tenant series are not exported (0 turns them off).
     pub tenant_gauges_max: usize,
 }
 
+impl MetricsSettings {
+    /// The most tenants per-tenant series are exported for: 0 when `tenant_gauges` is off.
+    pub fn tenant_gauge_cap(&self) -> usize {
+        if self.tenant_gauges {
+            self.tenant_gauges_max
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for MetricsSettings {
     fn default() -> Self {
         Self {
+            tenant_gauges: false,
             tenant_gauges_max: 1000,
         }
     }

@@ -166,6 +166,18 @@ async fn a_poison_pill_is_dead_lettered_and_the_pipeline_keeps_counting() {
         value(&w, "revenue").await
     );
     assert!(p.is_running(), "the poison pill never stops the pipeline");
+    // Per-tenant series are off by default: /metrics names no tenant (it refreshes every 5 s).
+    tokio::time::sleep(callmeter::gauges::REFRESH + Duration::from_secs(1)).await;
+    let metrics = reqwest::get(w.api("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("tenant=\"acme\""),
+        "no per-tenant series by default:\n{metrics}"
+    );
     let ready = reqwest::get(w.api("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
     assert_eq!(p.terminate(Duration::from_secs(60)), Some(0));

@@ -708,8 +708,15 @@ database = "{db}"
 listen = "127.0.0.1:{port}"
 tokens = ["test-token"]
 
+{other_sections}
 {extra}
 "#,
+            other_sections = self
+                .sections
+                .iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "pipeline" | "clickhouse"))
+                .map(|(name, body)| format!("[{name}]\n{body}\n"))
+                .collect::<String>(),
             brokers = self.brokers,
             group = self.group,
             topic = self.topic,
