@@ -12,3 +12,4 @@ mod rebalance;
 mod startpos;
 #[cfg(feature = "testkit")]
 mod stripe;
+mod subscriptions;
