@@ -454,10 +454,7 @@ fn examples_show_features_in_the_plan_table() {
     let c = Config::from_toml_str(include_str!("../../examples/seed-004-modules.toml")).unwrap();
     let t = describe(&c);
     assert!(t.contains("features[human_coach=false, modules=12]"), "{t}");
-    assert!(
-        t.contains("addon:module_pack[price 5, +3 modules]"),
-        "{t}"
-    );
+    assert!(t.contains("addon:module_pack[price 5, +3 modules]"), "{t}");
     assert!(
         t.contains("features (a plan without one has false or 0): human_coach, modules"),
         "{t}"

@@ -482,3 +482,141 @@ async fn subscription_changes_end_to_end_and_across_kill_9() {
     assert_eq!(kinds, [["100%", "1"], ["80%", "1"], ["overage", "1"]]);
     assert_eq!(p.terminate(Duration::from_secs(30)), Some(0));
 }
+
+/// The consumed-events counter of an instance, from its `/metrics`.
+async fn consumed(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()
+        .map(|r| r.text())
+        .unwrap_or_else(|| panic!("metrics of {base}"))
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("callmeter_events_consumed_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Subscription state moves with its partition: changes applied by one instance are
+/// restored by the instance that takes the partition over in a rebalance, which then judges
+/// later usage by them (new limits for alerts, `no_subscription` after a cancellation).
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_move_with_their_partitions_on_a_rebalance() {
+    if crate::common::flavor() != crate::common::Flavor::Kafka {
+        eprintln!("subscriptions rebalance: skipped (Apache Kafka only)");
+        return;
+    }
+    let tenants: Vec<String> = (0..16).map(|i| format!("t{i:02}")).collect();
+    let mut cfg = PLANS.to_string();
+    for t in &tenants {
+        cfg.push_str(&format!("[tenants.{t}]\nplan = \"basic\"\n"));
+    }
+    let w = World::new("subsreb", 4).extra(&cfg);
+    let now = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap() - TimeDelta::seconds(5);
+    let period = callmeter::period::period_containing(chrono_tz::Tz::UTC, 1, now);
+    let span = (now - period.start_utc()).num_seconds().max(40);
+    let at = |frac: i64| (period.start_utc() + TimeDelta::seconds(span * frac / 10)).min(now);
+    // Even tenants upgrade to pro, odd ones cancel, after 50 minutes on basic (no alert).
+    let mut first = Vec::new();
+    for (i, t) in tenants.iter().enumerate() {
+        first.push(call(&format!("{t}-a"), t, at(2), 50));
+        if i % 2 == 0 {
+            first.push(sub(
+                &format!("{t}-up"),
+                t,
+                "subscription.updated",
+                at(4),
+                json!({"plan": "pro"}),
+            ));
+        } else {
+            first.push(sub(
+                &format!("{t}-x"),
+                t,
+                "subscription.canceled",
+                at(4),
+                json!({}),
+            ));
+        }
+    }
+    let mut a = w.run("a");
+    w.produce(&first).await;
+    let ch = w.ch();
+    let q = format!("SELECT count() FROM {}.subscriptions FINAL", w.database);
+    let stored = eventually(Duration::from_secs(90), || {
+        let ch = ch.clone();
+        let q = q.clone();
+        async move { ch.scalar(&q).await.as_deref() == Some("16") }
+    })
+    .await;
+    assert!(stored, "subscriptions stored: {:?}", ch.scalar(&q).await);
+
+    // b joins: partitions move from a to b (revoked, flushed, restored).
+    let mut b = w.run("b");
+    let b_base = b.api("");
+    let ready = eventually(Duration::from_secs(90), || {
+        let u = format!("{b_base}/readyz");
+        async move {
+            reqwest::get(&u)
+                .await
+                .map(|r| r.status().as_u16() == 200)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(ready, "b ready; log:\n{}", b.log_text());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 760 more minutes each: 810 is 80% of pro's 1000 (with basic's 100 it would also be
+    // 100% and overage); canceled tenants' usage is refused.
+    let later: Vec<(String, Vec<u8>)> = tenants
+        .iter()
+        .map(|t| call(&format!("{t}-b"), t, Utc::now(), 760))
+        .collect();
+    w.produce(&later).await;
+    let b_consumed = eventually(Duration::from_secs(60), || {
+        let base = b_base.clone();
+        async move { consumed(&base).await > 0 }
+    })
+    .await;
+    assert!(b_consumed, "b consumed events of its partitions");
+    let alerts = w.read_topic(&w.alerts, 8, Duration::from_secs(60));
+    let mut got: Vec<(String, String, String)> = alerts
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(m.payload.as_deref().unwrap()).unwrap())
+        .map(|a| {
+            (
+                a["tenant_id"].as_str().unwrap().to_string(),
+                a["kind"].as_str().unwrap().to_string(),
+                a["limit"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    got.dedup();
+    let want: Vec<(String, String, String)> = tenants
+        .iter()
+        .step_by(2)
+        .map(|t| (t.clone(), "80%".to_string(), "1000".to_string()))
+        .collect();
+    assert_eq!(got, want);
+    let dlq = w.read_topic(&w.dlq, 8, Duration::from_secs(60));
+    let want: Vec<(String, String)> = tenants
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|t| (format!("{t}-b"), "no_subscription".to_string()))
+        .collect();
+    assert_eq!(dlq_codes(&dlq), want);
+    // Either instance answers each tenant with its subscription (from memory or from what
+    // ClickHouse stored).
+    for base in [a.api(""), b.api("")] {
+        let (st, u) = get(&base, "/v1/tenants/t00/usage").await;
+        assert_eq!(st, 200, "{u}");
+        assert_eq!(u["plan"], json!("pro"), "{base}: {u}");
+        let (_, e) = get(&base, "/v1/tenants/t01/entitlements/modules").await;
+        assert_eq!(e["reason"], json!("subscription canceled"), "{base}: {e}");
+    }
+    assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(a.terminate(Duration::from_secs(30)), Some(0));
+}

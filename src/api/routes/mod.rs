@@ -16,8 +16,9 @@ pub mod health;
 pub mod subscription;
 pub mod tenant_usage;
 
-/// Resolves a tenant: changed or created by subscription events held here, configured, or
-/// on the default plan and seen (here or in ClickHouse).
+/// Resolves a tenant: changed or created by subscription events (applied here, or stored in
+/// ClickHouse when this instance does not hold the tenant), configured, or on the default
+/// plan and seen (here or in ClickHouse).
 ///
 /// Errors: [`ApiError::UnknownTenant`]; [`ApiError::TenantLookup`] when ClickHouse was needed
 /// and could not be read.
@@ -26,6 +27,23 @@ async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
         return Ok(t);
     }
     let cat = s.shared.catalog();
+    // Not held here: its partition's owner may have applied subscription events, which
+    // ClickHouse has once flushed. Unreadable: the configuration answers (logged).
+    let held = s
+        .shared
+        .tenants()
+        .get(id)
+        .and_then(|t| s.shared.tenant_partitions(t))
+        .is_some();
+    if !held && crate::event::valid_subject(id) {
+        match usage::stored_tenant(&s.ch, &cat, id).await {
+            Ok(Some(t)) => return Ok(t),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(tenant = id, error = %e, "stored subscriptions unreadable; answering from the configuration");
+            }
+        }
+    }
     if let Some(t) = cat.tenants.get(id) {
         return Ok(t.clone());
     }

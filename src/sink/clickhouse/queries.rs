@@ -139,25 +139,46 @@ pub fn restore_alerts(db: &str) -> String {
     )
 }
 
+/// The columns of a subscription record, `(tenant_id, plan, addons, billing_cycle,
+/// effective_at, canceled, event_id, source_partition, through_offset)`.
+const SUBSCRIPTION_COLUMNS: &str = "tenant_id, plan, addons, billing_cycle, \
+     toUInt32(effective_at), canceled, event_id, source_partition, through_offset";
+
+/// The columns of its details, `(tenant_id, event_id, effective_at, timezone, anchor_day,
+/// stripe_customer_id)`.
+const DETAIL_COLUMNS: &str =
+    "tenant_id, event_id, toUInt32(effective_at), timezone, anchor_day, stripe_customer_id";
+
 /// Restore: a partition's subscription records up to a position, in partition order,
-/// `(tenant_id, plan, addons, billing_cycle, effective_at, canceled, event_id,
-/// through_offset)` (binds: partition, position).
+/// [`SUBSCRIPTION_COLUMNS`] (binds: partition, position).
 pub fn restore_subscriptions(db: &str) -> String {
     format!(
-        "SELECT tenant_id, plan, addons, billing_cycle, toUInt32(effective_at), canceled, \
-         event_id, through_offset FROM {db}.{SUBSCRIPTIONS} FINAL \
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM {db}.{SUBSCRIPTIONS} FINAL \
          WHERE source_partition = ? AND through_offset <= ? ORDER BY through_offset, event_id"
     )
 }
 
-/// Restore: the details of the same records, `(tenant_id, event_id, effective_at,
-/// timezone, anchor_day, stripe_customer_id)` (binds: partition, position).
+/// Restore: the details of the same records, [`DETAIL_COLUMNS`] (binds: partition,
+/// position).
 pub fn restore_subscription_details(db: &str) -> String {
     format!(
-        "SELECT tenant_id, event_id, toUInt32(effective_at), timezone, anchor_day, \
-         stripe_customer_id FROM {db}.{SUBSCRIPTION_DETAILS} FINAL \
+        "SELECT {DETAIL_COLUMNS} FROM {db}.{SUBSCRIPTION_DETAILS} FINAL \
          WHERE source_partition = ? AND through_offset <= ?"
     )
+}
+
+/// A tenant's stored subscription records in partition order, [`SUBSCRIPTION_COLUMNS`]
+/// (binds: tenant).
+pub fn tenant_subscriptions(db: &str) -> String {
+    format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM {db}.{SUBSCRIPTIONS} FINAL \
+         WHERE tenant_id = ? ORDER BY source_partition, through_offset, event_id"
+    )
+}
+
+/// Their details, [`DETAIL_COLUMNS`] (binds: tenant).
+pub fn tenant_subscription_details(db: &str) -> String {
+    format!("SELECT {DETAIL_COLUMNS} FROM {db}.{SUBSCRIPTION_DETAILS} FINAL WHERE tenant_id = ?")
 }
 
 /// Restore: each tenant's earliest period on a partition, `(tenant_id, period_start)`
