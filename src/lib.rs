@@ -13,6 +13,7 @@ pub mod config;
 pub mod event;
 pub mod features;
 pub mod gauges;
+pub mod health;
 pub mod ingest;
 pub mod meter;
 pub mod period;

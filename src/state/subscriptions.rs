@@ -24,8 +24,7 @@ impl Processor {
         &mut self,
         m: &InMessage<'_>,
         ev: &Event<'_>,
-        clock_ms: i64,
-        ts: i64,
+        arrival_ms: i64,
         replay: bool,
     ) -> Result<Option<Outcome>, Rejection> {
         let change = match &ev.body {
@@ -38,7 +37,7 @@ impl Processor {
                 ));
             }
         };
-        if ev.time.timestamp_millis() > clock_ms + self.params.skew_ms {
+        if ev.time.timestamp_millis() > arrival_ms.saturating_add(self.params.skew_ms) {
             return Err(Rejection::new(
                 ErrorCode::FutureEvent,
                 format!(
@@ -83,14 +82,15 @@ impl Processor {
 
         let key = super::dedup_key(&mut self.key_buf, &ev.subject, &ev.source, &ev.id);
         let ps = self.partitions.get_mut(&m.partition).expect("owned");
-        if ps.dedup.check_insert(key, ts, self.params.dedup_window_ms) {
+        if ps.dedup.seen(key, arrival_ms, self.params.dedup_window_ms) {
             return if replay {
                 Ok(None)
             } else {
                 Ok(Some(Outcome::Duplicate))
             };
         }
-        ps.max_ts_ms = ps.max_ts_ms.max(ts);
+        ps.dedup.insert(key, arrival_ms);
+        ps.max_ts_ms = ps.max_ts_ms.max(arrival_ms);
         let wm_before = ps.watermark_us;
         ps.watermark_us = ps.watermark_us.max(ev.time.timestamp_micros());
         if replay {
