@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo clippy --release --all-targets --all-features -- -D warnings
 cargo test --release --all-targets --all-features
+# The published event schemas (schemas/events/) equal the ones generated from the decoder.
+cargo test --release --all-features --lib event_schemas_are_in_sync
 BROKER=tansu cargo test --release --all-features --test it realdata
 python3 scripts/check_ddl_current.py
 if [ -d prometheus/tests ]; then

@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::auth::AuthTokens;
 use crate::config::Config;
 use crate::ingest::outbox::AlertSink;
 use crate::sink::clickhouse::ClickHouse;
@@ -51,7 +52,18 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let handle = rt.handle();
-    let tokens = Arc::new(ArcSwap::from_pointee(config.settings.api.tokens.clone()));
+    let tokens = AuthTokens {
+        read: Arc::new(ArcSwap::from_pointee(config.settings.api.tokens.clone())),
+        admin: Arc::new(ArcSwap::from_pointee(
+            config.settings.api.admin_tokens.clone(),
+        )),
+    };
+    // The subscription route produces to the events topic.
+    let events = crate::api::routes::subscription::EventsProducer {
+        producer: crate::ingest::consumer::producer(&config.settings.kafka)
+            .context("creating the subscription event producer")?,
+        topic: config.settings.kafka.topic.clone(),
+    };
     // Prepaid wallets: balances derived from the rollups, alerts to the alerts topic.
     let alert_sink =
         AlertSink::new(&config.settings.kafka).context("creating the wallet alert producer")?;
@@ -72,7 +84,9 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         shared: shared.clone(),
         telemetry,
         ch: ch.clone(),
-        tokens: tokens.clone(),
+        tokens: tokens.read.clone(),
+        admin_tokens: tokens.admin.clone(),
+        events: Some(events),
         wallets: Some(wallets),
     };
     if config.settings.metrics.tenant_gauges {
@@ -266,8 +280,8 @@ async fn migrate(ch: &ClickHouse, config: &Config) {
     }
 }
 
-/// The API tokens in effect (reloadable).
-type Tokens = Arc<ArcSwap<Vec<String>>>;
+/// The API tokens in effect (reloadable): read and admin.
+type Tokens = AuthTokens;
 
 /// Watches the config file's modification time every `every` and reloads when it changes,
 /// until `stop`.
@@ -323,7 +337,7 @@ async fn signals(path: PathBuf, shared: Arc<Shared>, tokens: Tokens, shutdown: C
 /// that does not validate, or that changes meter definitions (they need a restart), is
 /// rejected with the reason logged and the old one kept. Other settings (Kafka,
 /// ClickHouse, pipeline) take effect at the next start.
-pub fn reload(path: &Path, shared: &Shared, tokens: &ArcSwap<Vec<String>>) {
+pub fn reload(path: &Path, shared: &Shared, tokens: &AuthTokens) {
     let loaded = Config::load(path).and_then(|c| {
         shared.catalog().reloadable_to(&c.catalog)?;
         Ok(c)
@@ -331,7 +345,10 @@ pub fn reload(path: &Path, shared: &Shared, tokens: &ArcSwap<Vec<String>>) {
     match loaded {
         Ok(c) => {
             shared.set_catalog(c.catalog.clone());
-            tokens.store(Arc::new(c.settings.api.tokens.clone()));
+            tokens.read.store(Arc::new(c.settings.api.tokens.clone()));
+            tokens
+                .admin
+                .store(Arc::new(c.settings.api.admin_tokens.clone()));
             metrics::counter!(t::CONFIG_RELOADS, "result" => "ok").increment(1);
             tracing::info!(path = %path.display(), "configuration reloaded");
         }

@@ -3,7 +3,7 @@
 //! It is what the running pipeline prices and meters against, shared behind an `ArcSwap`
 //! and replaced whole on reload ([`Catalog::reloadable_to`] says whether it can be).
 //!
-//! This module depends on [`crate::meter`] and [`crate::pricing`] only, so that pricing
+//! This module depends on [`crate::meter`], [`crate::pricing`] and [`crate::features`] only, so that pricing
 //! never depends on the configuration.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
+use crate::features::FeatureValue;
 use crate::meter::{MeterDef, MeterId};
 use crate::pricing::{MeterUsage, Plan, Tenant};
 
@@ -33,6 +34,9 @@ pub struct Catalog {
     /// Meters fed by each event type.
     pub by_event_type: BTreeMap<String, Vec<MeterId>>,
     pub plans: BTreeMap<String, Arc<Plan>>,
+    /// Every feature a plan or add-on names, with the value nothing grants
+    /// ([`crate::features::vocabulary`]).
+    pub features: BTreeMap<String, FeatureValue>,
     pub tenants: BTreeMap<String, Arc<Tenant>>,
     pub default_plan: Option<Arc<Plan>>,
 }

@@ -2,7 +2,8 @@
 //! strings are borrowed from the message payload where JSON escaping allows.
 //!
 //! [`decode`] turns payload bytes into an [`Event`] or a [`Rejection`] carrying the
-//! dead-letter code. Tenant-dependent checks (unknown tenant, currency, clock skew, closed
+//! dead-letter code. The subscription events' data (CONTRACT section 10) are decoded in
+//! `subscription` (re-exported here). Tenant-dependent checks (unknown tenant, currency, clock skew, closed
 //! period) happen later, in [`crate::state`], because they need the catalog and the clock.
 
 use std::borrow::Cow;
@@ -11,8 +12,17 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+pub mod schema;
+mod subscription;
+
+pub use subscription::{
+    CycleName, SUBSCRIPTION_CANCELED, SUBSCRIPTION_UPDATED, SubscriptionCanceled,
+    SubscriptionUpdated, is_subscription_type, validate_updated, whole_second,
+};
 
 /// Dead-letter reason codes (header `callmeter.error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,10 +35,12 @@ pub enum ErrorCode {
     CurrencyMismatch,
     FutureEvent,
     PeriodClosed,
+    UnknownPlan,
+    NoSubscription,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidEvent,
         ErrorCode::UnsupportedType,
@@ -37,6 +49,8 @@ impl ErrorCode {
         ErrorCode::CurrencyMismatch,
         ErrorCode::FutureEvent,
         ErrorCode::PeriodClosed,
+        ErrorCode::UnknownPlan,
+        ErrorCode::NoSubscription,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +63,8 @@ impl ErrorCode {
             ErrorCode::CurrencyMismatch => "currency_mismatch",
             ErrorCode::FutureEvent => "future_event",
             ErrorCode::PeriodClosed => "period_closed",
+            ErrorCode::UnknownPlan => "unknown_plan",
+            ErrorCode::NoSubscription => "no_subscription",
         }
     }
 }
@@ -89,16 +105,25 @@ pub const WALLET_TOPPED_UP: &str = "wallet.topped_up";
 pub const MAX_DURATION_MS: u64 = 86_400_000;
 
 /// `call.completed` data.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(title = "call.completed data")]
 pub struct CallCompleted<'a> {
+    /// The call's id at the voice platform.
+    #[schemars(length(min = 1))]
     pub call_id: Cow<'a, str>,
+    /// Duration in milliseconds, 0..=86400000.
+    #[schemars(range(max = 86_400_000))]
     pub duration_ms: u64,
     pub direction: Direction,
+    /// Who handled the call; default `ai`.
+    #[schemars(default = "HandledBy::default_ai")]
     pub handled_by: HandledBy,
+    /// An order taken on the call (not negative).
     pub revenue: Option<Money<'a>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,
     Outbound,
@@ -113,13 +138,18 @@ impl Direction {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HandledBy {
     Ai,
     Human,
 }
 
 impl HandledBy {
+    fn default_ai() -> HandledBy {
+        HandledBy::Ai
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             HandledBy::Ai => "ai",
@@ -129,24 +159,36 @@ impl HandledBy {
 }
 
 /// An amount with its ISO 4217 currency.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
 pub struct Money<'a> {
+    /// A decimal string, at most 6 fraction digits.
+    #[schemars(with = "String", regex(pattern = r"^-?[0-9]{1,29}(\.[0-9]{1,6})?$"))]
     pub amount: Decimal,
+    /// ISO 4217: 3 upper-case letters.
+    #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
     pub currency: Cow<'a, str>,
 }
 
 /// `revenue.recorded` data.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(title = "revenue.recorded data")]
 pub struct RevenueRecorded<'a> {
+    /// The amount and currency, flattened into `data` (`amount` may be negative: a refund).
+    #[schemars(flatten)]
     pub amount: Money<'a>,
     pub order_id: Option<Cow<'a, str>>,
     pub call_id: Option<Cow<'a, str>>,
 }
 
 /// `wallet.topped_up` data (prepaid credit).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(title = "wallet.topped_up data")]
 pub struct WalletTopUp<'a> {
+    /// The amount (positive) and currency, flattened into `data`.
+    #[schemars(flatten)]
     pub amount: Money<'a>,
+    /// The payment processor's transaction id.
+    #[schemars(length(min = 1))]
     pub payment_reference: Cow<'a, str>,
 }
 
@@ -156,6 +198,10 @@ pub enum Body<'a> {
     Call(CallCompleted<'a>),
     Revenue(RevenueRecorded<'a>),
     WalletTopUp(WalletTopUp<'a>),
+    /// `subscription.updated` (CONTRACT section 10).
+    SubscriptionUpdated(Box<SubscriptionUpdated>),
+    /// `subscription.canceled` (CONTRACT section 10).
+    SubscriptionCanceled(SubscriptionCanceled),
     /// A type only configured meters read; fields are looked up on demand.
     Custom,
 }
@@ -350,7 +396,7 @@ fn decode_general<'a>(
             "data_base64 is not supported: send `data` as a JSON object",
         ));
     }
-    if !known_type(&ty) {
+    if !known_type(&ty) && !is_subscription_type(&ty) {
         return Err(Rejection::new(
             ErrorCode::UnsupportedType,
             format!("no meter uses events of type `{ty}`"),
@@ -369,6 +415,12 @@ fn decode_general<'a>(
         CALL_COMPLETED => Body::Call(decode_call(data)?),
         REVENUE_RECORDED => Body::Revenue(decode_revenue(data)?),
         WALLET_TOPPED_UP => Body::WalletTopUp(decode_topup(data)?),
+        SUBSCRIPTION_UPDATED => {
+            Body::SubscriptionUpdated(Box::new(subscription::decode_updated(data, time)?))
+        }
+        SUBSCRIPTION_CANCELED => {
+            Body::SubscriptionCanceled(subscription::decode_canceled(data, time)?)
+        }
         _ => Body::Custom,
     };
     Ok(Event {

@@ -95,6 +95,19 @@ pub fn compute(
     now: DateTime<Utc>,
     max: usize,
 ) -> Snapshot {
+    compute_with(rows, catalog, |t| catalog.tenant(t), first_period, now, max)
+}
+
+/// [`compute`] with the tenants in effect given by `tenant_of` (the running pipeline passes
+/// [`Shared::tenant`], so that subscription events count).
+pub fn compute_with(
+    rows: &[RowSample],
+    catalog: &Catalog,
+    tenant_of: impl Fn(&str) -> Option<std::sync::Arc<crate::pricing::Tenant>>,
+    first_period: impl Fn(&str) -> Option<i64>,
+    now: DateTime<Utc>,
+    max: usize,
+) -> Snapshot {
     // (tenant, meter, period_start) -> raw summed over partitions.
     let mut sums: BTreeMap<(&str, MeterId, i64), Decimal> = BTreeMap::new();
     let mut latest_end = i64::MIN;
@@ -128,11 +141,12 @@ pub fn compute(
         _ => now,
     };
     for name in tenants {
-        let Some(tenant) = catalog.tenant(name) else {
+        let Some(tenant) = tenant_of(name) else {
             continue;
         };
         let period = tenant.period_at(clock);
-        let plan = tenant.plan_for_period(period, now);
+        let terms = tenant.governing_terms(period, now);
+        let plan = terms.plan;
         let first = first_period(name).is_none_or(|f| f >= period.start);
         for (i, def) in catalog.meters.iter().enumerate() {
             let mid = MeterId(i as u16);
@@ -142,9 +156,7 @@ pub fn compute(
                 continue;
             }
             let usage = def.value(raw.unwrap_or_default());
-            let limit = tenant
-                .limit(plan, mid, first)
-                .filter(|l| *l > Decimal::ZERO);
+            let limit = terms.limit(mid, first).filter(|l| *l > Decimal::ZERO);
             let ratio = limit.map(|l| usage / l);
             let capped = match (pm.and_then(|p| p.overage_cap.map(|c| (p, c))), limit) {
                 (Some((pm, cap)), Some(l)) => Some(overage_charge(pm, usage, l) >= cap),
@@ -265,9 +277,10 @@ fn sample(shared: &Shared, max: usize) -> Result<Vec<RowSample>, usize> {
 /// One refresh: reads `shared`, renders, publishes into `/metrics`.
 pub fn refresh(shared: &Shared, telemetry: &Telemetry, max: usize) -> Snapshot {
     let snap = match sample(shared, max) {
-        Ok(rows) => compute(
+        Ok(rows) => compute_with(
             &rows,
             &shared.catalog(),
+            |t| shared.tenant(t),
             |t| shared.first_period(t),
             Utc::now(),
             max,

@@ -22,7 +22,10 @@
 //! - **Tiers** follow Stripe (`up_to` inclusive; the first tier is always entered, so its
 //!   `flat_fee` is charged even at zero usage, as in Stripe's flat-fee-and-overages model).
 //! - **Add-ons** are charged per unit per period at the price of the plan governing the
-//!   period, without proration.
+//!   period, without proration, for the units held at the period's end (or at the
+//!   subscription's cancellation). Subscription events (CONTRACT section 10) extend the
+//!   plan-change timeline with add-on and billing-cycle changes and cancellations: see
+//!   [`terms`] for how each is priced.
 //! - Lines whose rounded amount is zero are left out; a period without charges has no lines
 //!   and a total of `0.00`.
 //!
@@ -39,8 +42,14 @@ use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::features::FeatureValue;
 use crate::meter::{MeterId, round_half_up};
 use crate::period::Period;
+
+mod terms;
+
+use terms::governing_segment;
+pub use terms::{Segment, Terms};
 
 /// A charge that cannot be computed: an amount beyond [`Decimal`]'s range (about 7.9e28).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +194,8 @@ pub struct Addon {
     pub meter_name: Option<Arc<str>>,
     pub included: Decimal,
     pub price: Decimal,
+    /// Features each unit grants or raises ([`crate::features`]).
+    pub features: BTreeMap<String, FeatureValue>,
 }
 
 /// A usage alert threshold as a fraction of the limit; its kind is `"80%"` for 0.8.
@@ -239,6 +250,8 @@ pub struct Plan {
     pub meters: BTreeMap<MeterId, PlanMeter>,
     pub addons: BTreeMap<String, Addon>,
     pub wallet: Option<WalletPolicy>,
+    /// Features the plan grants ([`crate::features`]).
+    pub features: BTreeMap<String, FeatureValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,11 +260,34 @@ pub enum BillingCycle {
     Yearly,
 }
 
-/// From `at` on, `plan` applies.
+/// From `at` on, `plan` applies: a configured plan change (`[[tenants.<id>.plan_changes]]`)
+/// or a subscription event (CONTRACT section 10, [`crate::subscription`]), which may also
+/// change the add-ons and the billing cycle, or cancel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanChange {
     pub at: DateTime<Utc>,
+    /// The plan from `at` on; for a cancellation, the plan the tenant leaves.
     pub plan: Arc<Plan>,
+    /// Add-ons held from `at` on; `None` keeps those held before (configured plan changes
+    /// carry add-ons over).
+    pub addons: Option<BTreeMap<String, u32>>,
+    /// The billing cycle from `at` on; `None` keeps the one before.
+    pub billing_cycle: Option<BillingCycle>,
+    /// From `at` on the tenant has no subscription: no base fee, usage is `no_subscription`.
+    pub canceled: bool,
+}
+
+impl PlanChange {
+    /// A plain plan change: from `at` on, `plan`, with add-ons and billing cycle kept.
+    pub fn to(at: DateTime<Utc>, plan: Arc<Plan>) -> PlanChange {
+        PlanChange {
+            at,
+            plan,
+            addons: None,
+            billing_cycle: None,
+            canceled: false,
+        }
+    }
 }
 
 /// A compiled tenant.
@@ -301,10 +337,10 @@ impl Tenant {
     }
 
     /// The plan whose limits and rates govern a whole period, as known at `now`: the plan in
-    /// effect at the period's last second, or at `now` if the period is still running.
+    /// effect at the period's last second, or at `now` if the period is still running (the
+    /// plan left, for a subscription canceled then); see [`Tenant::governing_terms`].
     pub fn plan_for_period(&self, period: Period, now: DateTime<Utc>) -> &Arc<Plan> {
-        let end = period.end_utc() - chrono::Duration::seconds(1);
-        self.plan_at(end.min(now.max(period.start_utc())))
+        self.governing_terms(period, now).plan
     }
 
     /// The usage period containing `t`.
@@ -312,9 +348,9 @@ impl Tenant {
         crate::period::period_containing(self.tz, self.anchor_day, t)
     }
 
-    /// Add-on units the tenant holds of add-on `name`.
+    /// Add-on units the tenant holds of add-on `name` (its latest known add-ons).
     pub fn addon_units(&self, name: &str) -> u32 {
-        self.addons.get(name).copied().unwrap_or(0)
+        self.latest_addons().get(name).copied().unwrap_or(0)
     }
 
     /// The tenant's `wallet_low` threshold under `plan`: its own override, else the plan's.
@@ -331,9 +367,19 @@ impl Tenant {
     ///
     /// Never panics: a limit beyond [`Decimal`]'s range saturates at `Decimal::MAX` (see
     /// [`Self::try_limit`]).
+    ///
+    /// The add-ons are the tenant's latest known ones (after every change of its timeline);
+    /// for a given period use [`Tenant::governing_terms`]`(..).limit(..)`, which takes the
+    /// add-ons held then.
     pub fn limit(&self, plan: &Plan, meter: MeterId, first_period: bool) -> Option<Decimal> {
-        self.limit_with(Arith::Saturating, plan, meter, first_period)
-            .unwrap_or(Some(Decimal::MAX))
+        limit_with(
+            Arith::Saturating,
+            plan,
+            self.latest_addons(),
+            meter,
+            first_period,
+        )
+        .unwrap_or(Some(Decimal::MAX))
     }
 
     /// [`Self::limit`], checked: an error when add-on units x included units (or their sum)
@@ -344,35 +390,43 @@ impl Tenant {
         meter: MeterId,
         first_period: bool,
     ) -> Result<Option<Decimal>, PricingError> {
-        self.limit_with(Arith::Checked, plan, meter, first_period)
+        limit_with(
+            Arith::Checked,
+            plan,
+            self.latest_addons(),
+            meter,
+            first_period,
+        )
     }
+}
 
-    fn limit_with(
-        &self,
-        ar: Arith,
-        plan: &Plan,
-        meter: MeterId,
-        first_period: bool,
-    ) -> Result<Option<Decimal>, PricingError> {
-        let Some(pm) = plan.meters.get(&meter) else {
-            return Ok(None);
-        };
-        let what = || format!("the limit of {}", pm.name);
-        let mut base = match (pm.included, pm.included_once) {
-            (Included::Unlimited, _) => return Ok(None),
-            (Included::Finite(d), _) => d,
-            (Included::None, Some(_)) => Decimal::ZERO,
-            (Included::None, None) => return Ok(None),
-        };
-        if first_period {
-            base = ar.add(base, pm.included_once.unwrap_or_default(), &what)?;
-        }
-        for (name, a) in plan.addons.iter().filter(|(_, a)| a.meter == Some(meter)) {
-            let units = ar.mul(a.included, Decimal::from(self.addon_units(name)), &what)?;
-            base = ar.add(base, units, &what)?;
-        }
-        Ok(Some(base))
+/// The limit of `meter` under `plan` with `addons` held (see [`Tenant::limit`]).
+fn limit_with(
+    ar: Arith,
+    plan: &Plan,
+    addons: &BTreeMap<String, u32>,
+    meter: MeterId,
+    first_period: bool,
+) -> Result<Option<Decimal>, PricingError> {
+    let Some(pm) = plan.meters.get(&meter) else {
+        return Ok(None);
+    };
+    let what = || format!("the limit of {}", pm.name);
+    let mut base = match (pm.included, pm.included_once) {
+        (Included::Unlimited, _) => return Ok(None),
+        (Included::Finite(d), _) => d,
+        (Included::None, Some(_)) => Decimal::ZERO,
+        (Included::None, None) => return Ok(None),
+    };
+    if first_period {
+        base = ar.add(base, pm.included_once.unwrap_or_default(), &what)?;
     }
+    for (name, a) in plan.addons.iter().filter(|(_, a)| a.meter == Some(meter)) {
+        let units = addons.get(name).copied().unwrap_or(0);
+        let units = ar.mul(a.included, Decimal::from(units), &what)?;
+        base = ar.add(base, units, &what)?;
+    }
+    Ok(Some(base))
 }
 
 /// One line of a period's charges.
@@ -617,7 +671,12 @@ pub fn try_charges(input: &ChargeInput<'_>) -> Result<Charges, PricingError> {
 fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingError> {
     let t = input.tenant;
     let period = input.period;
-    let plan = t.plan_for_period(period, input.now);
+    // The segments of the subscription timeline inside the period; the last one with a
+    // subscription governs limits, rates and add-ons (see `terms`).
+    let segments = t.segments(period, input.now);
+    let gov = governing_segment(&segments, t, period, input.now);
+    let plan = gov.plan;
+    let addons = if gov.canceled { &NO_ADDONS } else { gov.addons };
     let mut lines = Vec::new();
     let mut push = |kind: &'static str, meter: Option<&str>, item: Option<&str>, raw: Decimal| {
         let amount = round_money(raw);
@@ -631,31 +690,34 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
         }
     };
 
-    // Base fee, prorated by time across plan changes inside the period.
-    let segments = plan_segments(t, period, input.now);
+    // Base fee, prorated by time across plan changes inside the period (one line per plan,
+    // its stretches summed); none while the tenant has no subscription.
     let prorated = segments.len() > 1;
-    for (plan_seg, secs) in &segments {
+    let mut fees: Vec<(&str, Decimal)> = Vec::new();
+    for seg in segments.iter().filter(|s| !s.canceled) {
+        let plan_seg = seg.plan;
         let what = || format!("the base fee of plan {}", plan_seg.id);
         let mut fee = plan_seg.base_fee;
-        if t.billing_cycle == BillingCycle::Yearly {
+        if seg.billing_cycle == BillingCycle::Yearly {
             let keep = ar.sub(Decimal::ONE, plan_seg.yearly_discount, &what)?;
             fee = ar.mul(fee, keep, &what)?;
         }
         if prorated {
-            let part = ar.mul(fee, Decimal::from(*secs), &what)?;
+            let part = ar.mul(fee, Decimal::from(seg.secs), &what)?;
             fee = ar.div(part, Decimal::from(period.seconds().max(1)));
         }
-        push(
-            "base_fee",
-            None,
-            prorated.then_some(plan_seg.id.as_str()),
-            fee,
-        );
+        match fees.iter_mut().find(|(id, _)| *id == plan_seg.id) {
+            Some((_, sum)) => *sum = ar.add(*sum, fee, &what)?,
+            None => fees.push((&plan_seg.id, fee)),
+        }
+    }
+    for (id, fee) in fees {
+        push("base_fee", None, prorated.then_some(id), fee);
     }
 
     for (mid, pm) in &plan.meters {
         let usage = input.usage_of(ar, *mid, &pm.name)?;
-        if let Some(limit) = t.limit_with(ar, plan, *mid, input.first_period)? {
+        if let Some(limit) = limit_with(ar, plan, addons, *mid, input.first_period)? {
             push(
                 "overage",
                 Some(&pm.name),
@@ -685,7 +747,7 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
         push("revenue_share", Some("revenue"), None, amount);
     }
     for (name, addon) in &plan.addons {
-        let units = t.addon_units(name);
+        let units = addons.get(name).copied().unwrap_or(0);
         let amount = ar.mul(addon.price, Decimal::from(units), &|| {
             format!("the price of add-on {name}")
         })?;
@@ -697,28 +759,23 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
     Ok(Charges { lines, total })
 }
 
+/// No add-ons (a canceled subscription holds none).
+static NO_ADDONS: BTreeMap<String, u32> = BTreeMap::new();
+
 /// The plans in effect during `period` with the seconds each was in effect (changes after
-/// `now` are not yet in effect). Consecutive stretches of one plan are merged.
+/// `now` are not yet in effect), canceled stretches included under the plan left.
+/// Consecutive stretches of one plan are merged. See [`Tenant::segments`] for the whole
+/// state of each stretch.
 pub fn plan_segments(t: &Tenant, period: Period, now: DateTime<Utc>) -> Vec<(Arc<Plan>, i64)> {
-    let mut cuts: Vec<(i64, Arc<Plan>)> =
-        vec![(period.start, t.plan_at(period.start_utc()).clone())];
-    let known_until = now.max(period.start_utc());
-    for c in &t.plan_changes {
-        let at = c.at.timestamp();
-        if at > period.start && at < period.end && c.at <= known_until {
-            cuts.push((at, c.plan.clone()));
-        }
-    }
     let mut out: Vec<(Arc<Plan>, i64)> = Vec::new();
-    for (i, (at, plan)) in cuts.iter().enumerate() {
-        let until = cuts.get(i + 1).map(|c| c.0).unwrap_or(period.end);
+    for s in t.segments(period, now) {
         if let Some(last) = out.last_mut()
-            && (Arc::ptr_eq(&last.0, plan) || last.0.id == plan.id)
+            && last.0.id == s.plan.id
         {
-            last.1 += until - at;
+            last.1 += s.secs;
             continue;
         }
-        out.push((plan.clone(), until - at));
+        out.push((s.plan.clone(), s.secs));
     }
     out
 }

@@ -119,6 +119,28 @@ pub async fn period_usage(
     })
 }
 
+/// The tenant with the subscription records stored in ClickHouse laid over its configured
+/// state (for a reader that does not hold the tenant's partition); `None` when no record
+/// is stored (the configuration alone then says who the tenant is).
+///
+/// Errors: ClickHouse unreachable or failing.
+pub async fn stored_tenant(
+    ch: &ClickHouse,
+    cat: &Catalog,
+    tenant: &str,
+) -> Result<Option<std::sync::Arc<crate::pricing::Tenant>>, UsageError> {
+    let records = ch.tenant_subscriptions(tenant).await?;
+    if records.is_empty() {
+        return Ok(None);
+    }
+    Ok(crate::subscription::merge(
+        cat,
+        tenant,
+        cat.tenants.get(tenant),
+        &records,
+    ))
+}
+
 /// What ClickHouse knows of a tenant: whether it has any rollup, and the start of its
 /// earliest usage period (Unix seconds).
 ///

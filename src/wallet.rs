@@ -526,7 +526,8 @@ impl Wallets {
             tenants.sort();
             tenants.dedup();
             for id in &tenants {
-                let Some(tenant) = cat.tenant(id) else {
+                // The tenant in effect (subscription events included).
+                let Some(tenant) = self.shared.tenant(id) else {
                     continue;
                 };
                 let mut rows = m.rows.get(id).cloned().unwrap_or_default();

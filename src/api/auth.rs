@@ -1,7 +1,8 @@
 //! The bearer-auth layer of `/v1/*` (CONTRACT section 6): a request passes when its
-//! `Authorization: Bearer <token>` names one of the configured tokens (compared in constant
-//! time; swapped on configuration reload), else it is answered 401
-//! ([`ApiError::Unauthorized`]) before any handler runs.
+//! `Authorization: Bearer <token>` names one of the configured tokens or admin tokens
+//! (compared in constant time; swapped on configuration reload), else it is answered 401
+//! ([`ApiError::Unauthorized`]) before any handler runs. Write routes also check
+//! [`is_admin`] (a read token gets 403, [`ApiError::Forbidden`]).
 
 use std::sync::Arc;
 
@@ -16,13 +17,29 @@ use super::error::ApiError;
 /// The tokens `/v1/*` accepts.
 pub type Tokens = Arc<ArcSwap<Vec<String>>>;
 
+/// The read tokens and the admin tokens.
+#[derive(Clone)]
+pub struct AuthTokens {
+    pub read: Tokens,
+    pub admin: Tokens,
+}
+
 /// Middleware (`axum::middleware::from_fn_with_state`): runs `next` only for an authorized
-/// request.
-pub async fn require_bearer(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
-    if !authorized(&tokens, req.headers()) {
+/// request (a read or an admin token).
+pub async fn require_bearer(
+    State(tokens): State<AuthTokens>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !authorized(&tokens.read, req.headers()) && !authorized(&tokens.admin, req.headers()) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// Whether the request's bearer token is one of `admin` (may write).
+pub fn is_admin(admin: &Tokens, headers: &HeaderMap) -> bool {
+    authorized(admin, headers)
 }
 
 fn authorized(tokens: &Tokens, headers: &HeaderMap) -> bool {

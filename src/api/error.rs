@@ -31,6 +31,21 @@ pub enum ApiError {
     /// 404: no meter of that name.
     #[error("unknown meter `{0}`")]
     UnknownMeter(String),
+    /// 404: neither a meter nor a feature of that name.
+    #[error("unknown meter or feature `{0}`")]
+    UnknownEntitlement(String),
+    /// 403: a write route with a token that may only read.
+    #[error("this route needs one of api.admin_tokens")]
+    Forbidden,
+    /// 400: the request body or a header is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 422: the change names an unknown plan or add-on, or the tenant cannot make it.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: the event could not be produced to the events topic.
+    #[error("the event was not acknowledged by Kafka: {0}")]
+    Produce(String),
     /// 503: whether the tenant exists needed ClickHouse, which could not be read.
     #[error("tenant lookup unavailable: {0}")]
     TenantLookup(#[source] UsageError),
@@ -47,8 +62,13 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::BadAt(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnknownTenant(_) | ApiError::UnknownMeter(_) => StatusCode::NOT_FOUND,
+            ApiError::BadAt(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownTenant(_)
+            | ApiError::UnknownMeter(_)
+            | ApiError::UnknownEntitlement(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Produce(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TenantLookup(_) | ApiError::Usage(_) | ApiError::Alerts(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -22,13 +22,23 @@
 //!   when the limit is 0. `alerts` lists the kinds fired in the period, in firing order.
 //! - With a wallet on the plan, the answer adds `"wallet": {"balance", "currency",
 //!   "prepaid"}` (the current balance, whatever the period asked).
-//! - The entitlement is for the current period.
+//! - The entitlement is for the current period. `/entitlements/{name}` answers for a meter
+//!   (`remaining`) or a feature (`value`, CONTRACT section 10); a tenant whose subscription
+//!   is canceled is refused every meter and feature with reason `subscription canceled`.
+//! - Tenants changed or created by subscription events are read from [`Shared::tenant`]
+//!   (this instance holds their partition); the usage answer adds `features` (the
+//!   governing plan's, raised by the add-ons held).
+//! - `PUT /v1/tenants/{tenant}/subscription` needs an admin token (401 without a token,
+//!   403 with a read token), checks the body as the pipeline would (400 for a body that is
+//!   not valid `subscription.updated` data, 422 for an unknown plan or add-on or a change
+//!   the tenant cannot make), produces the event keyed by the tenant and answers 202 once
+//!   the broker acknowledged it (503 if it did not).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::get;
+use axum::routing::{get, put};
 
 use crate::sink::clickhouse::ClickHouse;
 use crate::state::Shared;
@@ -53,6 +63,11 @@ pub struct ApiState {
     pub ch: ClickHouse,
     /// Bearer tokens for `/v1/*` (swapped on configuration reload).
     pub tokens: auth::Tokens,
+    /// Tokens that may also write (`api.admin_tokens`; swapped on reload).
+    pub admin_tokens: auth::Tokens,
+    /// Where `PUT /v1/tenants/{tenant}/subscription` produces its events (`None`: the
+    /// route answers 503).
+    pub events: Option<routes::subscription::EventsProducer>,
     /// Wallet balances, when the wallet service runs.
     pub wallets: Option<Arc<crate::wallet::Wallets>>,
 }
@@ -66,11 +81,22 @@ pub fn router(state: ApiState) -> Router {
             get(routes::tenant_usage::usage),
         )
         .route(
-            "/v1/tenants/{tenant}/entitlements/{meter}",
+            "/v1/tenants/{tenant}/entitlements/{name}",
             get(routes::entitlement::entitlement),
         )
+        .route(
+            "/v1/tenants/{tenant}/entitlements",
+            get(routes::entitlement::entitlements),
+        )
+        .route(
+            "/v1/tenants/{tenant}/subscription",
+            put(routes::subscription::put_subscription),
+        )
         .route_layer(from_fn_with_state(
-            state.tokens.clone(),
+            auth::AuthTokens {
+                read: state.tokens.clone(),
+                admin: state.admin_tokens.clone(),
+            },
             auth::require_bearer,
         ));
     Router::new()

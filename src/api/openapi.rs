@@ -4,8 +4,11 @@
 use utoipa::OpenApi;
 
 use super::error::ErrorBody;
-use super::routes::entitlement::__path_entitlement;
+use super::routes::entitlement::{
+    __path_entitlement, __path_entitlements, AnyEntitlement, Entitlements,
+};
 use super::routes::health::{__path_healthz, __path_metrics, __path_readyz};
+use super::routes::subscription::{__path_put_subscription, SubscriptionAccepted};
 use super::routes::tenant_usage::{
     __path_usage, MeterUsageBody, PeriodBody, UsageBody, WalletBody,
 };
@@ -18,7 +21,15 @@ use crate::pricing::{self, Charges};
         title = "callmeter",
         description = "Live usage, charges and entitlements of a callmeter instance (CONTRACT section 6). Decimals are JSON strings; money has 2 decimals."
     ),
-    paths(healthz, readyz, metrics, usage, entitlement),
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        usage,
+        entitlement,
+        entitlements,
+        put_subscription
+    ),
     components(schemas(
         UsageBody,
         PeriodBody,
@@ -27,6 +38,10 @@ use crate::pricing::{self, Charges};
         Charges,
         pricing::ChargeLine,
         pricing::Entitlement,
+        crate::features::FeatureEntitlement,
+        AnyEntitlement,
+        Entitlements,
+        SubscriptionAccepted,
         ErrorBody
     )),
     modifiers(&BearerAuth)
@@ -44,7 +59,7 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("One of `[api] tokens` (or CALLMETER_API__TOKENS)."))
+                    .description(Some("One of `[api] tokens` or `[api] admin_tokens` (CALLMETER_API__TOKENS, CALLMETER_API__ADMIN_TOKENS); writes need an admin token."))
                     .build(),
             ),
         );

@@ -82,6 +82,8 @@ async fn server(config: &str, events: &[String]) -> Server {
         telemetry: Telemetry::install(),
         ch: ClickHouse::new(&c.settings.clickhouse),
         tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["tok".to_string()])),
+        admin_tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["admin".to_string()])),
+        events: None,
         wallets: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -140,7 +142,8 @@ async fn usage_answer_has_the_contract_shape() {
             "charges": {"lines": [
                 {"kind": "base_fee", "meter": null, "amount": "79.00"},
                 {"kind": "addon", "meter": "call_minutes", "item": "extra_minutes", "amount": "30.00"}
-            ], "total": "109.00"}
+            ], "total": "109.00"},
+            "features": {}
         })
     );
 }
@@ -294,7 +297,9 @@ fn openapi_document_is_in_sync() {
             "/healthz",
             "/metrics",
             "/readyz",
-            "/v1/tenants/{tenant}/entitlements/{meter}",
+            "/v1/tenants/{tenant}/entitlements",
+            "/v1/tenants/{tenant}/entitlements/{name}",
+            "/v1/tenants/{tenant}/subscription",
             "/v1/tenants/{tenant}/usage"
         ]
     );
@@ -313,6 +318,7 @@ fn openapi_document_is_in_sync() {
         [
             "charges",
             "currency",
+            "features",
             "meters",
             "period",
             "plan",
@@ -327,3 +333,5 @@ fn openapi_document_is_in_sync() {
     assert_eq!(props("Entitlement"), ["allowed", "reason", "remaining"]);
     assert_eq!(props("ChargeLine"), ["amount", "item", "kind", "meter"]);
 }
+
+mod subscription;

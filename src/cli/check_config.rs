@@ -75,10 +75,24 @@ pub fn describe(c: &Config) -> String {
         if let Some(r) = p.revenue_share {
             let _ = write!(extras, " revenue_share[{r}]");
         }
+        if !p.features.is_empty() {
+            let f: Vec<String> = p.features.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = write!(extras, " features[{}]", f.join(", "));
+        }
         for (a, addon) in &p.addons {
             let _ = write!(extras, " addon:{a}[price {}", addon.price);
             if let Some(m) = &addon.meter_name {
                 let _ = write!(extras, ", +{} {m}", addon.included);
+            }
+            for (k, v) in &addon.features {
+                match v {
+                    crate::features::FeatureValue::Bool(_) => {
+                        let _ = write!(extras, ", grants {k}={v}");
+                    }
+                    crate::features::FeatureValue::Number(_) => {
+                        let _ = write!(extras, ", +{v} {k}");
+                    }
+                }
             }
             extras.push(']');
         }
@@ -154,6 +168,14 @@ pub fn describe(c: &Config) -> String {
                 addons.join(",")
             },
             changes
+        );
+    }
+    if !cat.features.is_empty() {
+        let names: Vec<&str> = cat.features.keys().map(String::as_str).collect();
+        let _ = writeln!(
+            out,
+            "\nfeatures (a plan without one has false or 0): {}",
+            names.join(", ")
         );
     }
     if let Some(p) = &cat.default_plan {

@@ -79,8 +79,21 @@ pub async fn lines(config: &Config, ch: &ClickHouse) -> Result<Vec<ReportLine>, 
     for (tenant, start) in by.keys() {
         first.entry(tenant.clone()).or_insert(*start as i64);
     }
+    // The tenants in effect: configured, with their stored subscription events laid over.
+    let mut tenants: BTreeMap<String, Option<std::sync::Arc<crate::pricing::Tenant>>> =
+        BTreeMap::new();
+    for (tenant, _) in by.keys() {
+        if !tenants.contains_key(tenant) {
+            let t = match crate::usage::stored_tenant(ch, cat, tenant).await {
+                Ok(Some(t)) => Some(t),
+                Ok(None) => cat.tenant(tenant),
+                Err(crate::usage::UsageError::ClickHouse(e)) => return Err(e),
+            };
+            tenants.insert(tenant.clone(), t);
+        }
+    }
     for l in by.values_mut() {
-        let Some(t) = cat.tenant(&l.tenant) else {
+        let Some(t) = tenants.get(&l.tenant).cloned().flatten() else {
             continue;
         };
         let plan = t.plan_for_period(l.period, now);

@@ -12,11 +12,12 @@ use rust_decimal::Decimal;
 
 use super::ConfigError;
 use super::settings::{
-    AddonSettings, Dec, MeterSettings, PlanMeterSettings, PlanSettings, PlanWalletSettings,
-    Quantity, Settings, TenantSettings, TierSettings,
+    AddonSettings, Dec, FeatureSetting, MeterSettings, PlanMeterSettings, PlanSettings,
+    PlanWalletSettings, Quantity, Settings, TenantSettings, TierSettings,
 };
 use super::validate::valid_currency;
 use crate::catalog::Catalog;
+use crate::features::FeatureValue;
 use crate::meter::{Aggregation, FieldPath, MeterDef, MeterId, Rounding, WhereValue};
 use crate::pricing::{
     Addon, BillingCycle, Included, Plan, PlanChange, PlanMeter, Tenant, Threshold, Tier, TiersMode,
@@ -53,6 +54,7 @@ pub(super) fn catalog(s: &Settings) -> Result<Catalog, ConfigError> {
     for (id, p) in &s.plans {
         plans.insert(id.clone(), Arc::new(build_plan(id, p, &meter_id)?));
     }
+    check_feature_kinds(&plans)?;
 
     let default_plan = match &s.pricing.default_plan {
         None => None,
@@ -77,9 +79,11 @@ pub(super) fn catalog(s: &Settings) -> Result<Catalog, ConfigError> {
         tenants.insert(id.clone(), Arc::new(build_tenant(id, t, &plans)?));
     }
 
+    let features = crate::features::vocabulary(plans.values().map(|p| p.as_ref()));
     Ok(Catalog {
         meters,
         by_event_type,
+        features,
         plans,
         tenants,
         default_plan,
@@ -264,6 +268,7 @@ fn build_plan(
         None => None,
         Some(w) => Some(wallet(&key, w)?),
     };
+    let features = features(&format!("{key}.features"), &p.features, meter_id)?;
 
     Ok(Plan {
         id: id.to_string(),
@@ -277,7 +282,75 @@ fn build_plan(
         meters,
         addons,
         wallet,
+        features,
     })
+}
+
+/// `features` tables (`key` is the table's path): each value a boolean or a whole number
+/// `0..=i64::MAX`, no name shared with a meter.
+fn features(
+    key: &str,
+    f: &BTreeMap<String, FeatureSetting>,
+    meter_id: &dyn Fn(&str) -> Option<MeterId>,
+) -> Result<BTreeMap<String, FeatureValue>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, v) in f {
+        let fkey = format!("{key}.{name}");
+        if meter_id(name).is_some() {
+            return Err(ConfigError::new(
+                fkey,
+                "a feature cannot share its name with a meter (entitlements look names up in both)",
+            ));
+        }
+        let bad = || ConfigError::new(&fkey, "must be true, false or a whole number >= 0");
+        let value = match v {
+            FeatureSetting::Bool(b) => FeatureValue::Bool(*b),
+            FeatureSetting::Int(n) if *n >= 0 => FeatureValue::Number(*n),
+            FeatureSetting::Text(t) => match (t.parse::<bool>(), t.parse::<i64>()) {
+                (Ok(b), _) => FeatureValue::Bool(b),
+                (_, Ok(n)) if n >= 0 => FeatureValue::Number(n),
+                _ => return Err(bad()),
+            },
+            _ => return Err(bad()),
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// Every feature keeps one kind (boolean or number) across the catalog's plans and add-ons.
+fn check_feature_kinds(plans: &BTreeMap<String, Arc<Plan>>) -> Result<(), ConfigError> {
+    let mut kinds: BTreeMap<&str, (FeatureValue, String)> = BTreeMap::new();
+    for (id, p) in plans {
+        let named = p
+            .features
+            .iter()
+            .map(|(n, v)| (format!("plans.{id}.features.{n}"), n, v))
+            .chain(p.addons.iter().flat_map(|(a, ad)| {
+                ad.features
+                    .iter()
+                    .map(move |(n, v)| (format!("plans.{id}.addons.{a}.features.{n}"), n, v))
+            }));
+        for (key, name, v) in named {
+            match kinds.get(name.as_str()) {
+                Some((k, at)) if std::mem::discriminant(k) != std::mem::discriminant(v) => {
+                    return Err(ConfigError::new(
+                        key,
+                        format!(
+                            "is {} but {at} is {}: a feature keeps one kind",
+                            v.kind(),
+                            k.kind()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    kinds.insert(name, (*v, key));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `plans.<id>.alert_thresholds`: strictly increasing fractions in (0, 1]; 80 % and 100 %
@@ -469,6 +542,7 @@ fn addon(
         meter_name: a.meter.as_deref().map(Arc::from),
         included: included.unwrap_or_default(),
         price: a.price.0,
+        features: features(&format!("{akey}.features"), &a.features, meter_id)?,
     })
 }
 
@@ -587,7 +661,7 @@ fn build_tenant(
                 "plan changes must be in increasing time order",
             ));
         }
-        changes.push(PlanChange { at, plan: p });
+        changes.push(PlanChange::to(at, p));
     }
     if let Some(s) = &t.stripe_customer_id
         && s.trim().is_empty()

@@ -345,6 +345,9 @@ impl Default for PipelineSettings {
 pub struct ApiSettings {
     pub listen: String,
     pub tokens: Vec<String>,
+    /// Tokens that may also write (`PUT /v1/tenants/{tenant}/subscription`); a token only in
+    /// `tokens` gets 403 there (`CALLMETER_API__ADMIN_TOKENS`).
+    pub admin_tokens: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -352,6 +355,7 @@ impl Default for ApiSettings {
         Self {
             listen: "127.0.0.1:8080".into(),
             tokens: vec![],
+            admin_tokens: vec![],
         }
     }
 }
@@ -513,6 +517,9 @@ pub struct PlanSettings {
     pub meters: BTreeMap<String, PlanMeterSettings>,
     pub addons: BTreeMap<String, AddonSettings>,
     pub wallet: Option<PlanWalletSettings>,
+    /// `[plans.<id>.features]`: features the plan grants, a boolean or a whole number each
+    /// (CONTRACT section 10; see [`crate::features`]).
+    pub features: BTreeMap<String, FeatureSetting>,
 }
 
 /// `[plans.<id>.meters.<meter>]`.
@@ -548,6 +555,21 @@ pub struct AddonSettings {
     pub meter: Option<String>,
     pub included: Option<Dec>,
     pub price: Dec,
+    /// Features each unit grants or raises: `features = { call_recording = true }`.
+    #[serde(default)]
+    pub features: BTreeMap<String, FeatureSetting>,
+}
+
+/// A feature's configured value: `true`/`false` or a whole number (a string holding one of
+/// these, from an environment override, is accepted too). Other values are kept so that
+/// the configuration can reject them with the key path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum FeatureSetting {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
 }
 
 /// `[plans.<id>.wallet]`: a wallet (seed 001). Its balance is the sum of the tenant's

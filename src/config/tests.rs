@@ -432,3 +432,52 @@ fn rejects_overrides_that_break_exactly_once() {
     ));
     assert!(ok.is_ok());
 }
+
+/// `check-config` accepts every file of `examples/` (as `callmeter check-config` loads it).
+#[test]
+fn every_example_passes_check_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            describe(&c).starts_with("configuration ok"),
+            "{}",
+            path.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 9, "{n} examples");
+}
+
+#[test]
+fn examples_show_features_in_the_plan_table() {
+    let c = Config::from_toml_str(include_str!("../../examples/seed-004-modules.toml")).unwrap();
+    let t = describe(&c);
+    assert!(t.contains("features[human_coach=false, modules=12]"), "{t}");
+    assert!(t.contains("addon:module_pack[price 5, +3 modules]"), "{t}");
+    assert!(
+        t.contains("features (a plan without one has false or 0): human_coach, modules"),
+        "{t}"
+    );
+    let ben = c.catalog.tenants["coachee-ben"].clone();
+    let f = crate::features::resolve(&c.catalog.features, &ben.plan, &ben.addons);
+    assert_eq!(f["modules"], crate::features::FeatureValue::Number(18));
+    let c = Config::from_toml_str(include_str!("../../examples/seed-000-migration.toml")).unwrap();
+    let t = describe(&c);
+    assert!(
+        t.contains("addon:call_recording[price 10, grants call_recording=true]"),
+        "{t}"
+    );
+    assert_eq!(c.settings.api.admin_tokens, ["change-me-admin"]);
+}
+
+#[test]
+fn rejects_empty_admin_tokens() {
+    let e = err("[api]\nadmin_tokens = [\"\"]\n");
+    assert_eq!(e.key, "api.admin_tokens");
+}

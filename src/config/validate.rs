@@ -112,6 +112,12 @@ pub(super) fn runtime(s: &Settings) -> Result<(), ConfigError> {
     if s.api.tokens.iter().any(|t| t.is_empty()) {
         return Err(ConfigError::new("api.tokens", "tokens must not be empty"));
     }
+    if s.api.admin_tokens.iter().any(|t| t.is_empty()) {
+        return Err(ConfigError::new(
+            "api.admin_tokens",
+            "tokens must not be empty",
+        ));
+    }
     let st = &s.stripe;
     if st.api != "v1" && st.api != "v2" {
         return Err(ConfigError::new("stripe.api", "must be \"v1\" or \"v2\""));

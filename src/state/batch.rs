@@ -12,6 +12,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{AlertKey, Processor, RowKey};
 use crate::alerts::Alert;
+use crate::subscription::SubscriptionRecord;
 
 /// One row of a flush batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,12 +50,14 @@ pub struct RawEventRecord {
     pub offset: i64,
 }
 
-/// Everything one flush writes, in order: alerts, raw events, rollup state, rollups,
-/// checkpoints; then offsets are committed.
+/// Everything one flush writes, in order: alerts, raw events, subscriptions, rollup state,
+/// rollups, checkpoints; then offsets are committed.
 #[derive(Debug, Default)]
 pub struct FlushBatch {
     pub alerts: Vec<Alert>,
     pub raw_events: Vec<RawEventRecord>,
+    /// Subscription events applied (CONTRACT section 10), in partition order.
+    pub subscriptions: Vec<SubscriptionRecord>,
     pub rows: Vec<RollupRecord>,
     pub checkpoints: Vec<Checkpoint>,
 }
@@ -63,6 +66,7 @@ impl FlushBatch {
     pub fn is_empty(&self) -> bool {
         self.alerts.is_empty()
             && self.raw_events.is_empty()
+            && self.subscriptions.is_empty()
             && self.rows.is_empty()
             && self.checkpoints.is_empty()
     }
@@ -96,6 +100,8 @@ pub struct Restored {
     pub replay_from: i64,
     /// Earliest stored period per tenant.
     pub first_periods: Vec<(String, i64)>,
+    /// Stored subscription records at or below the checkpoint position, in partition order.
+    pub subscriptions: Vec<SubscriptionRecord>,
 }
 
 impl Processor {
@@ -105,6 +111,7 @@ impl Processor {
         let mut batch = FlushBatch {
             alerts: std::mem::take(&mut self.pending_alerts),
             raw_events: std::mem::take(&mut self.raw_events),
+            subscriptions: std::mem::take(&mut self.pending_subs),
             ..Default::default()
         };
         let mut parts: Vec<i32> = self.partitions.keys().copied().collect();
@@ -197,6 +204,9 @@ impl Processor {
         let mut raw = batch.raw_events;
         raw.append(&mut self.raw_events);
         self.raw_events = raw;
+        let mut subs = batch.subscriptions;
+        subs.append(&mut self.pending_subs);
+        self.pending_subs = subs;
     }
 
     fn evict(&mut self) {

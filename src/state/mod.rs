@@ -30,7 +30,8 @@
 //!   per-partition position state and the message and outcome types;
 //! - [`rows`]: rollup rows and [`Shared`], what the readers see;
 //! - [`dedup`]: the per-partition dedup set;
-//! - [`tenants`]: tenant ids and the per-tenant period and plan cache;
+//! - [`tenants`]: tenant ids, the per-tenant period and plan cache, subscription records;
+//! - `subscriptions`: subscription events (CONTRACT section 10) applied in partition order;
 //! - [`alerting`]: fired alert kinds and the next trigger;
 //! - [`batch`]: what a flush writes and a restore reads back.
 
@@ -38,6 +39,7 @@ mod alerting;
 mod batch;
 mod dedup;
 mod rows;
+mod subscriptions;
 mod tenants;
 
 use std::sync::Arc;
@@ -166,6 +168,8 @@ pub struct Processor {
     pending_alerts: Vec<Alert>,
     new_alerts: Vec<Alert>,
     raw_events: Vec<RawEventRecord>,
+    /// Subscription records applied since the last snapshot.
+    pending_subs: Vec<crate::subscription::SubscriptionRecord>,
     dirty_rows: usize,
     /// Dedup entries above `max_dedup_entries` kept at the last eviction (inside the window).
     dedup_over_cap: usize,
@@ -185,6 +189,7 @@ impl Processor {
             pending_alerts: Vec::new(),
             new_alerts: Vec::new(),
             raw_events: Vec::new(),
+            pending_subs: Vec::new(),
             dirty_rows: 0,
             dedup_over_cap: 0,
             key_buf: Vec::with_capacity(256),
@@ -206,7 +211,9 @@ impl Processor {
             return;
         }
         self.catalog = cur.clone();
-        self.tenants.reload(&self.catalog);
+        for (name, t) in self.tenants.reload(&self.catalog) {
+            self.shared.set_subscribed(&name, Some(t));
+        }
         for (_, (_, next)) in self.alert_state.iter_mut() {
             *next = None;
         }
@@ -304,6 +311,12 @@ impl Processor {
         }
         let catalog = self.catalog.clone();
         let ev = event::decode(payload, |t| catalog.by_event_type.contains_key(t))?;
+        if matches!(
+            ev.body,
+            Body::SubscriptionUpdated(_) | Body::SubscriptionCanceled(_)
+        ) {
+            return self.evaluate_subscription(m, &ev, arrival_ms, replay);
+        }
         let tidx = self.tenant_idx(&ev.subject).ok_or_else(|| {
             Rejection::new(
                 ErrorCode::UnknownTenant,
@@ -324,11 +337,26 @@ impl Processor {
             ));
         }
         let (period, plan) = self.tenants.period_and_plan(tidx, ev.time);
+        if let Some(since) = self.tenants.canceled_before(tidx, ev.time) {
+            return Err(Rejection::new(
+                ErrorCode::NoSubscription,
+                format!(
+                    "tenant `{}` has no subscription at {}: canceled (or not yet subscribed) since {}",
+                    ev.subject,
+                    ev.time.to_rfc3339(),
+                    if since == DateTime::<Utc>::MIN_UTC {
+                        "always".to_string()
+                    } else {
+                        since.to_rfc3339()
+                    }
+                ),
+            ));
+        }
         let currency = match &ev.body {
             Body::Call(c) => c.revenue.as_ref().map(|r| &r.currency),
             Body::Revenue(r) => Some(&r.amount.currency),
             Body::WalletTopUp(w) => Some(&w.amount.currency),
-            Body::Custom => None,
+            Body::Custom | Body::SubscriptionUpdated(_) | Body::SubscriptionCanceled(_) => None,
         };
         if let Some(c) = currency
             && **c != *plan.currency
@@ -560,6 +588,7 @@ impl Processor {
             ps.max_ts_ms = c.max_ts_ms.min(Utc::now().timestamp_millis());
         }
         self.partitions.insert(p, ps);
+        self.install_subscriptions(r.subscriptions);
         for (t, start) in &r.first_periods {
             if let Some(tidx) = self.tenant_idx(t) {
                 self.note_first_period(tidx, *start);
@@ -632,6 +661,7 @@ impl Processor {
     /// restores from what was stored).
     pub fn revoke(&mut self, p: i32) {
         self.drop_partition_state(p);
+        self.revoke_subscriptions(p);
         self.shared
             .partitions
             .write()
@@ -665,3 +695,6 @@ impl Processor {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod subscription_tests;

@@ -17,6 +17,7 @@ use super::alerting::{AlertKey, Kinds};
 use super::tenants::TenantRegistry;
 use crate::config::Catalog;
 use crate::meter::MeterId;
+use crate::pricing::Tenant;
 
 /// The sum of a tenant's rows over its partitions is beyond `Decimal(38, 9)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +73,9 @@ pub struct Shared {
     pub(super) partition_errors: RwLock<BTreeMap<i32, String>>,
     /// Why dead-letter messages or alerts wait for the broker (`None`: nothing waits long).
     pub(super) outbox_blocked: RwLock<Option<String>>,
+    /// Tenant id -> the tenant in effect, for tenants with subscription events applied here
+    /// (CONTRACT section 10).
+    pub(super) subscribed: DashMap<String, Arc<Tenant>>,
     /// Problems that make the instance unready (e.g. a permanent ClickHouse error).
     pub health: crate::health::Health,
 }
@@ -89,8 +93,36 @@ impl Shared {
             first_periods: DashMap::new(),
             consumed: AtomicU64::new(0),
             outbox_blocked: RwLock::new(None),
+            subscribed: DashMap::new(),
             health: Default::default(),
         })
+    }
+
+    /// The tenant in effect: with the subscription events of its partition applied when
+    /// this instance holds it, else as configured (or on the default plan). `None`: neither.
+    /// Every reader that prices, limits or gates a tenant takes it from here.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        if let Some(t) = self.subscribed.get(id) {
+            return Some(t.clone());
+        }
+        self.catalog.load().tenant(id)
+    }
+
+    /// The tenant in effect if subscription events changed or created it here.
+    pub fn subscribed_tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.subscribed.get(id).map(|t| t.clone())
+    }
+
+    /// Publishes a tenant's state after subscription events (`None`: none applies any more).
+    pub(super) fn set_subscribed(&self, id: &str, t: Option<Arc<Tenant>>) {
+        match t {
+            Some(t) => {
+                self.subscribed.insert(id.to_string(), t);
+            }
+            None => {
+                self.subscribed.remove(id);
+            }
+        }
     }
 
     /// The catalog in effect (the processor picks a new one up within half a second).

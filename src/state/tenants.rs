@@ -1,7 +1,9 @@
 //! Tenants as the processor sees them: names interned to small dense ids
 //! ([`TenantRegistry`], shared with the readers), and per tenant the configuration in
 //! effect plus a cache of its current usage period, plan and limits (so that the hot path
-//! reads neither the catalog nor the tenant's plan changes). Pure.
+//! reads neither the catalog nor the tenant's plan changes), and the subscription records
+//! applied to it (CONTRACT section 10; the tenant in effect is its configured state with
+//! them laid over, [`crate::subscription::merge`]). Pure.
 
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +16,7 @@ use crate::config::Catalog;
 use crate::meter::MeterId;
 use crate::period::Period;
 use crate::pricing::{Plan, Tenant};
+use crate::subscription::{self, SubscriptionRecord};
 
 /// Name -> id, and id -> name.
 type Interned = (FxHashMap<Arc<str>, u32>, Vec<Arc<str>>);
@@ -74,6 +77,8 @@ struct TenantRt {
     cache: Option<PeriodCache>,
     /// Earliest period start seen for the tenant (one-time allowances).
     first_period: Option<i64>,
+    /// Subscription records applied, in partition order.
+    subs: Vec<SubscriptionRecord>,
 }
 
 type TenantKey = SmallVec<[u8; 24]>;
@@ -121,6 +126,7 @@ impl Tenants {
                     tenant: t,
                     cache: None,
                     first_period: None,
+                    subs: Vec::new(),
                 });
             }
             self.list.push(TenantRt {
@@ -128,10 +134,117 @@ impl Tenants {
                 tenant,
                 cache: None,
                 first_period: None,
+                subs: Vec::new(),
             });
         }
         self.ids.insert(TenantKey::from_slice(name.as_bytes()), id);
         Some(id)
+    }
+
+    /// The id of `name`, creating it with `tenant` if it is not known (a tenant created by
+    /// its first subscription event).
+    pub(super) fn idx_or_create(
+        &mut self,
+        name: &str,
+        tenant: Arc<Tenant>,
+        catalog: &Catalog,
+        registry: &TenantRegistry,
+    ) -> u32 {
+        if let Some(i) = self.idx(name, catalog, registry) {
+            return i;
+        }
+        let (id, arc) = registry.intern(name);
+        while self.list.len() < id as usize {
+            let n = registry.name(self.list.len() as u32);
+            let t = catalog
+                .tenant(&n)
+                .unwrap_or_else(|| Arc::new(Tenant::on_default_plan(&n, tenant.plan.clone())));
+            self.list.push(TenantRt {
+                name: n,
+                tenant: t,
+                cache: None,
+                first_period: None,
+                subs: Vec::new(),
+            });
+        }
+        if self.list.len() == id as usize {
+            self.list.push(TenantRt {
+                name: arc,
+                tenant,
+                cache: None,
+                first_period: None,
+                subs: Vec::new(),
+            });
+        }
+        self.ids.insert(TenantKey::from_slice(name.as_bytes()), id);
+        id
+    }
+
+    /// The tenant in effect.
+    #[inline]
+    pub(super) fn tenant(&self, tidx: u32) -> &Arc<Tenant> {
+        &self.list[tidx as usize].tenant
+    }
+
+    /// Whether the tenant is known as a subscriber: configured, or created by a subscription
+    /// event (not merely on the default plan).
+    pub(super) fn is_known(&self, tidx: u32) -> bool {
+        let t = &self.list[tidx as usize];
+        t.tenant.configured || !t.subs.is_empty()
+    }
+
+    /// Applies subscription records to the tenant (already known or created by them);
+    /// returns the tenant in effect, to publish.
+    pub(super) fn apply_records(
+        &mut self,
+        tidx: u32,
+        records: impl IntoIterator<Item = SubscriptionRecord>,
+        catalog: &Catalog,
+    ) -> Arc<Tenant> {
+        let rt = &mut self.list[tidx as usize];
+        rt.subs.extend(records);
+        Self::remerge(rt, catalog);
+        rt.tenant.clone()
+    }
+
+    fn remerge(rt: &mut TenantRt, catalog: &Catalog) {
+        let base = catalog.tenants.get(&*rt.name);
+        if let Some(t) = subscription::merge(catalog, &rt.name, base, &rt.subs) {
+            rt.tenant = t;
+        } else if let Some(t) = catalog.tenant(&rt.name) {
+            rt.tenant = t;
+        }
+        rt.cache = None;
+    }
+
+    /// Drops the records that came from `partition` (revoked); returns the tenants whose
+    /// state changed, with their tenant in effect (`None`: no record left).
+    pub(super) fn drop_partition_records(
+        &mut self,
+        partition: i32,
+        catalog: &Catalog,
+    ) -> Vec<(Arc<str>, Option<Arc<Tenant>>)> {
+        let mut out = Vec::new();
+        for rt in &mut self.list {
+            let before = rt.subs.len();
+            rt.subs.retain(|r| r.partition != partition);
+            if rt.subs.len() != before {
+                Self::remerge(rt, catalog);
+                let t = (!rt.subs.is_empty()).then(|| rt.tenant.clone());
+                out.push((rt.name.clone(), t));
+            }
+        }
+        out
+    }
+
+    /// The time since which the tenant has no subscription at `t`, if it has none.
+    #[inline]
+    pub(super) fn canceled_before(&self, tidx: u32, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let tenant = &self.list[tidx as usize].tenant;
+        if tenant.plan_changes.is_empty() {
+            return None;
+        }
+        tenant.canceled_before(t)
     }
 
     #[inline]
@@ -139,14 +252,23 @@ impl Tenants {
         &self.list[tidx as usize].name
     }
 
-    /// Picks up a reloaded catalog: each tenant's configuration, caches dropped.
-    pub(super) fn reload(&mut self, catalog: &Catalog) {
+    /// Picks up a reloaded catalog: each tenant's configuration (with its subscription
+    /// records laid over again), caches dropped. Returns the tenants with records, to
+    /// publish.
+    pub(super) fn reload(&mut self, catalog: &Catalog) -> Vec<(Arc<str>, Arc<Tenant>)> {
+        let mut out = Vec::new();
         for t in &mut self.list {
-            if let Some(nt) = catalog.tenant(&t.name) {
-                t.tenant = nt;
+            if t.subs.is_empty() {
+                if let Some(nt) = catalog.tenant(&t.name) {
+                    t.tenant = nt;
+                }
+                t.cache = None;
+            } else {
+                Self::remerge(t, catalog);
+                out.push((t.name.clone(), t.tenant.clone()));
             }
-            t.cache = None;
         }
+        out
     }
 
     /// Records the tenant's earliest usage period (one-time allowances apply there);
@@ -174,12 +296,13 @@ impl Tenants {
             return (c.period, c.plan.clone());
         }
         let period = rt.tenant.period_at(t);
-        let plan = rt.tenant.plan_at(t).clone();
+        let terms = rt.tenant.terms_at(t);
+        let plan = terms.plan.clone();
         let first = rt.first_period.is_none_or(|f| f >= period.start);
         let limits = plan
             .meters
             .keys()
-            .map(|m| (*m, rt.tenant.limit(&plan, *m, first)))
+            .map(|m| (*m, terms.limit(*m, first)))
             .collect();
         rt.cache = Some(PeriodCache {
             period,

@@ -367,6 +367,7 @@ impl FakeStore {
             })
             .collect();
         Restored {
+            subscriptions: vec![],
             partition: 0,
             rows,
             alerts: self

@@ -216,7 +216,6 @@ impl Reporter {
             self.since.map(|s| s - SINCE_MARGIN_SECS)
         };
         let usage = ledger::usage(&self.ch, &self.meter_names, since).await?;
-        let catalog = self.shared.catalog();
         let mut fresh: Vec<Report> = Vec::new();
         let mut too_old: Vec<Report> = Vec::new();
         for u in &usage {
@@ -229,9 +228,11 @@ impl Reporter {
             let Some((event_name, multiplier)) = self.targets.get(&u.key.meter) else {
                 continue;
             };
-            let Some(customer) = catalog
-                .tenants
-                .get(&u.key.tenant)
+            // The tenant in effect: a subscription event may have set its customer.
+            let Some(customer) = self
+                .shared
+                .tenant(&u.key.tenant)
+                .filter(|t| t.configured)
                 .and_then(|t| t.stripe_customer_id.clone())
             else {
                 continue;

@@ -14,3 +14,4 @@ mod sink;
 mod startpos;
 #[cfg(feature = "testkit")]
 mod stripe;
+mod subscriptions;

@@ -1,7 +1,7 @@
 //! `GET /v1/tenants/{tenant}/usage`: a tenant's usage, limits, alerts and charges for a
 //! usage period ([`UsageBody`], CONTRACT section 6), and the body types of that answer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::{is_first_period, tenant_of};
 use crate::api::ApiState;
 use crate::api::error::{ApiError, ErrorBody};
+use crate::features::FeatureValue;
 use crate::meter::{MeterId, REVENUE, WALLET_CREDIT, round_half_up};
 use crate::period::Period;
 use crate::pricing::{self, ChargeInput, Charges, MeterUsage, Plan, Tenant};
@@ -75,6 +76,11 @@ pub struct UsageBody {
     /// Present when the plan has a wallet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wallet: Option<WalletBody>,
+    /// Every feature of the configuration with the tenant's value in the period: the
+    /// governing plan's, raised by the add-ons held (CONTRACT section 10); a boolean or a
+    /// whole number.
+    #[schema(value_type = BTreeMap<String, serde_json::Value>, example = json!({"call_recording": true, "modules": 12}))]
+    pub features: BTreeMap<String, FeatureValue>,
     /// Where the usage came from (the `x-callmeter-usage-source` header: `memory` or
     /// `clickhouse`), not part of the body.
     #[serde(skip)]
@@ -145,7 +151,7 @@ async fn stored_alert_kinds(
 }
 
 /// The meters a plan prices, in answer order.
-fn priced_meters(plan: &Plan) -> Vec<MeterId> {
+pub(crate) fn priced_meters(plan: &Plan) -> Vec<MeterId> {
     let mut out: Vec<MeterId> = plan.meters.keys().copied().collect();
     for a in plan.addons.values() {
         if let Some(m) = a.meter
@@ -175,7 +181,9 @@ pub async fn usage_body(
     let cat = s.shared.catalog();
     let period = tenant.period_at(at);
     let now = Utc::now().max(at);
-    let plan = tenant.plan_for_period(period, now).clone();
+    let terms = tenant.governing_terms(period, now);
+    let none = BTreeMap::new();
+    let plan = terms.plan.clone();
     let first = is_first_period(s, tenant, period).await?;
     let pu = usage::period_usage(&s.shared, &s.ch, &cat, &tenant.id, period.start).await?;
     let tidx = s.shared.tenants().get(&tenant.id);
@@ -184,7 +192,7 @@ pub async fn usage_body(
     for mid in priced_meters(&plan) {
         let def = cat.meter(mid);
         let used = pu.get(mid);
-        let limit = tenant.limit(&plan, mid, first);
+        let limit = terms.limit(mid, first);
         let (remaining, ratio) = match limit {
             Some(l) if l > Decimal::ZERO => (
                 Some(dec_str((l - used).max(Decimal::ZERO))),
@@ -256,6 +264,11 @@ pub async fn usage_body(
         meters,
         charges,
         wallet,
+        features: crate::features::resolve(
+            &cat.features,
+            &plan,
+            if terms.canceled { &none } else { terms.addons },
+        ),
         from_memory: pu.from_memory,
     })
 }

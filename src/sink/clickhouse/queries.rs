@@ -34,6 +34,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "006_stripe_reports.sql",
         include_str!("../../../schemas/clickhouse/006_stripe_reports.sql"),
     ),
+    (
+        "007_subscriptions.sql",
+        include_str!("../../../schemas/clickhouse/007_subscriptions.sql"),
+    ),
+    (
+        "008_subscription_details.sql",
+        include_str!("../../../schemas/clickhouse/008_subscription_details.sql"),
+    ),
 ];
 
 /// Per-row usage, one row per (tenant, meter, period, source partition) (CONTRACT section 5).
@@ -48,6 +56,10 @@ pub const PARTITION_CHECKPOINTS: &str = "partition_checkpoints";
 pub const CALL_EVENTS: &str = "call_events";
 /// The ledger of Stripe reports.
 pub const STRIPE_REPORTS: &str = "stripe_reports";
+/// Applied subscription events (CONTRACT section 10).
+pub const SUBSCRIPTIONS: &str = "subscriptions";
+/// What subscription events carry beyond the `subscriptions` columns.
+pub const SUBSCRIPTION_DETAILS: &str = "subscription_details";
 
 /// `CREATE DATABASE` for `db`, run before the migrations.
 pub fn create_database(db: &str) -> String {
@@ -125,6 +137,48 @@ pub fn restore_alerts(db: &str) -> String {
          (SELECT tenant_id, meter, period_start FROM {db}.{ROLLUP_STATE} \
           WHERE source_topic = ? AND source_partition = ? AND toUInt32(period_end) >= ?)"
     )
+}
+
+/// The columns of a subscription record, `(tenant_id, plan, addons, billing_cycle,
+/// effective_at, canceled, event_id, source_partition, through_offset)`.
+const SUBSCRIPTION_COLUMNS: &str = "tenant_id, plan, addons, billing_cycle, \
+     toUInt32(effective_at), canceled, event_id, source_partition, through_offset";
+
+/// The columns of its details, `(tenant_id, event_id, effective_at, timezone, anchor_day,
+/// stripe_customer_id)`.
+const DETAIL_COLUMNS: &str =
+    "tenant_id, event_id, toUInt32(effective_at), timezone, anchor_day, stripe_customer_id";
+
+/// Restore: a partition's subscription records up to a position, in partition order,
+/// [`SUBSCRIPTION_COLUMNS`] (binds: partition, position).
+pub fn restore_subscriptions(db: &str) -> String {
+    format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM {db}.{SUBSCRIPTIONS} FINAL \
+         WHERE source_partition = ? AND through_offset <= ? ORDER BY through_offset, event_id"
+    )
+}
+
+/// Restore: the details of the same records, [`DETAIL_COLUMNS`] (binds: partition,
+/// position).
+pub fn restore_subscription_details(db: &str) -> String {
+    format!(
+        "SELECT {DETAIL_COLUMNS} FROM {db}.{SUBSCRIPTION_DETAILS} FINAL \
+         WHERE source_partition = ? AND through_offset <= ?"
+    )
+}
+
+/// A tenant's stored subscription records in partition order, [`SUBSCRIPTION_COLUMNS`]
+/// (binds: tenant).
+pub fn tenant_subscriptions(db: &str) -> String {
+    format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM {db}.{SUBSCRIPTIONS} FINAL \
+         WHERE tenant_id = ? ORDER BY source_partition, through_offset, event_id"
+    )
+}
+
+/// Their details, [`DETAIL_COLUMNS`] (binds: tenant).
+pub fn tenant_subscription_details(db: &str) -> String {
+    format!("SELECT {DETAIL_COLUMNS} FROM {db}.{SUBSCRIPTION_DETAILS} FINAL WHERE tenant_id = ?")
 }
 
 /// Restore: each tenant's earliest period on a partition, `(tenant_id, period_start)`

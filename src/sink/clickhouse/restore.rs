@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use super::rows::from_dec9;
 use super::{ClickHouse, SinkError, queries};
 use crate::state::{Checkpoint, Restored, StoredRow};
+use crate::subscription::{SubscriptionRecord, parse_cycle};
 
 impl ClickHouse {
     /// Loads what a partition needs on assignment: its checkpoint, the rows of periods that
@@ -104,8 +105,12 @@ impl ClickHouse {
             .bind(partition as u32)
             .fetch_all()
             .await?;
+        let subscriptions = self
+            .restore_subscriptions(partition, ck.as_ref().map(|c| c.position).unwrap_or(0))
+            .await?;
         Ok(Restored {
             partition,
+            subscriptions,
             rows,
             alerts: alerts
                 .into_iter()
@@ -117,4 +122,97 @@ impl ClickHouse {
             first_periods: first.into_iter().map(|(t, p)| (t, p as i64)).collect(),
         })
     }
+
+    /// The partition's subscription records with `through_offset` at or below `position`
+    /// (the checkpoint's): the ones past it are applied again when their events are read
+    /// again, in their order with the usage around them.
+    async fn restore_subscriptions(
+        &self,
+        partition: i32,
+        position: i64,
+    ) -> Result<Vec<SubscriptionRecord>, SinkError> {
+        let subs: Vec<SubRow> = self
+            .client
+            .query(&queries::restore_subscriptions(&self.db))
+            .bind(partition as u32)
+            .bind(position)
+            .fetch_all()
+            .await?;
+        if subs.is_empty() {
+            return Ok(vec![]);
+        }
+        let details: Vec<DetailRow> = self
+            .client
+            .query(&queries::restore_subscription_details(&self.db))
+            .bind(partition as u32)
+            .bind(position)
+            .fetch_all()
+            .await?;
+        assemble(subs, details)
+    }
+
+    /// A tenant's stored subscription records, in partition order (for readers that do not
+    /// hold the tenant's partition).
+    ///
+    /// Errors: ClickHouse unreachable or failing, or a stored row that does not decode.
+    pub async fn tenant_subscriptions(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<SubscriptionRecord>, SinkError> {
+        let subs: Vec<SubRow> = self
+            .client
+            .query(&queries::tenant_subscriptions(&self.db))
+            .bind(tenant)
+            .fetch_all()
+            .await?;
+        if subs.is_empty() {
+            return Ok(vec![]);
+        }
+        let details: Vec<DetailRow> = self
+            .client
+            .query(&queries::tenant_subscription_details(&self.db))
+            .bind(tenant)
+            .fetch_all()
+            .await?;
+        assemble(subs, details)
+    }
+}
+
+/// `queries::SUBSCRIPTION_COLUMNS`.
+type SubRow = (String, String, String, String, u32, u8, String, u32, i64);
+/// `queries::DETAIL_COLUMNS`.
+type DetailRow = (String, String, u32, String, u8, String);
+
+/// Records from their rows and details (joined on tenant, event id and effective_at).
+fn assemble(
+    subs: Vec<SubRow>,
+    details: Vec<DetailRow>,
+) -> Result<Vec<SubscriptionRecord>, SinkError> {
+    let details: HashMap<(String, String, u32), (String, u8, String)> = details
+        .into_iter()
+        .map(|(t, e, at, tz, d, s)| ((t, e, at), (tz, d, s)))
+        .collect();
+    let mut out = Vec::with_capacity(subs.len());
+    for (tenant, plan, addons, cycle, at, canceled, event_id, partition, through) in subs {
+        let addons = serde_json::from_str(&addons).map_err(|e| {
+            SinkError::Data(format!("subscriptions.addons of {tenant}/{event_id}: {e}"))
+        })?;
+        let d = details.get(&(tenant.clone(), event_id.clone(), at));
+        let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+        out.push(SubscriptionRecord {
+            tenant: tenant.as_str().into(),
+            plan,
+            addons,
+            billing_cycle: parse_cycle(&cycle),
+            effective_at: at as i64,
+            canceled: canceled != 0,
+            event_id,
+            partition: partition as i32,
+            through_offset: through,
+            timezone: d.and_then(|d| nonempty(&d.0)),
+            anchor_day: d.and_then(|d| (d.1 > 0).then_some(d.1 as u32)),
+            stripe_customer_id: d.and_then(|d| nonempty(&d.2)),
+        });
+    }
+    Ok(out)
 }

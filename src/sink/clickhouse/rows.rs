@@ -70,6 +70,35 @@ fn parse_rfc3339_secs(s: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// A row of `subscriptions` (CONTRACT section 10).
+#[derive(Debug, Row, Serialize, Deserialize)]
+pub struct SubscriptionRow {
+    pub tenant_id: String,
+    pub plan: String,
+    pub addons: String,
+    pub billing_cycle: String,
+    pub effective_at: u32,
+    pub canceled: u8,
+    pub event_id: String,
+    pub source_partition: u32,
+    pub through_offset: i64,
+    pub updated_at: u32,
+}
+
+/// A row of `subscription_details`.
+#[derive(Debug, Row, Serialize, Deserialize)]
+pub(super) struct SubscriptionDetailRow {
+    pub tenant_id: String,
+    pub effective_at: u32,
+    pub event_id: String,
+    pub timezone: String,
+    pub anchor_day: u8,
+    pub stripe_customer_id: String,
+    pub source_partition: u32,
+    pub through_offset: i64,
+    pub updated_at: u32,
+}
+
 /// A row of `usage_rollups`.
 #[derive(Debug, Row, Serialize, Deserialize)]
 pub struct RollupRow {

@@ -1,13 +1,17 @@
 //! Batch writes: a flush batch in order, and alerts alone (the wallet service's).
 //!
-//! A flush writes, in order: alerts, raw events (optional), `rollup_state`, `usage_rollups`,
-//! `partition_checkpoints`. Each step is idempotent (replacing tables), so a failed flush is
+//! A flush writes, in order: alerts, raw events (optional), `subscription_details` and
+//! `subscriptions`, `rollup_state`, `usage_rollups`, `partition_checkpoints`. Each step is idempotent (replacing tables), so a failed flush is
 //! retried whole.
 
 use super::queries::{
-    CALL_EVENTS, PARTITION_CHECKPOINTS, ROLLUP_STATE, USAGE_ALERTS, USAGE_ROLLUPS,
+    CALL_EVENTS, PARTITION_CHECKPOINTS, ROLLUP_STATE, SUBSCRIPTION_DETAILS, SUBSCRIPTIONS,
+    USAGE_ALERTS, USAGE_ROLLUPS,
 };
-use super::rows::{AlertRow, CheckpointRow, RawEventRow, RollupRow, StateRow, dec9, dt, now_secs};
+use super::rows::{
+    AlertRow, CheckpointRow, RawEventRow, RollupRow, StateRow, SubscriptionDetailRow,
+    SubscriptionRow, dec9, dt, now_secs,
+};
 use super::{ClickHouse, SinkError};
 use crate::alerts::Alert;
 use crate::state::FlushBatch;
@@ -39,6 +43,44 @@ impl ClickHouse {
                     source_partition: e.partition as u32,
                     source_offset: e.offset,
                     ingested_at: now,
+                })
+                .await?;
+            }
+            ins.end().await?;
+        }
+        if !batch.subscriptions.is_empty() {
+            let mut ins = self
+                .client
+                .insert::<SubscriptionDetailRow>(SUBSCRIPTION_DETAILS)
+                .await?;
+            for r in &batch.subscriptions {
+                ins.write(&SubscriptionDetailRow {
+                    tenant_id: r.tenant.to_string(),
+                    effective_at: dt(r.effective_at),
+                    event_id: r.event_id.clone(),
+                    timezone: r.timezone.clone().unwrap_or_default(),
+                    anchor_day: r.anchor_day.unwrap_or(0).min(255) as u8,
+                    stripe_customer_id: r.stripe_customer_id.clone().unwrap_or_default(),
+                    source_partition: r.partition as u32,
+                    through_offset: r.through_offset,
+                    updated_at: now,
+                })
+                .await?;
+            }
+            ins.end().await?;
+            let mut ins = self.client.insert::<SubscriptionRow>(SUBSCRIPTIONS).await?;
+            for r in &batch.subscriptions {
+                ins.write(&SubscriptionRow {
+                    tenant_id: r.tenant.to_string(),
+                    plan: r.plan.clone(),
+                    addons: r.addons_json(),
+                    billing_cycle: crate::subscription::cycle_str(r.billing_cycle).into(),
+                    effective_at: dt(r.effective_at),
+                    canceled: r.canceled as u8,
+                    event_id: r.event_id.clone(),
+                    source_partition: r.partition as u32,
+                    through_offset: r.through_offset,
+                    updated_at: now,
                 })
                 .await?;
             }

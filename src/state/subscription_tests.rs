@@ -1,0 +1,261 @@
+//! Subscription events through the processor: applied in partition order with the usage,
+//! deduplicated, alerts judged against the new limit, `no_subscription` after a
+//! cancellation, `unknown_plan`, written in the flush before the checkpoint, and replay-safe
+//! (a restore from the stored records and a replay past the checkpoint give the same state).
+
+use chrono::{DateTime, Utc};
+
+use super::*;
+use crate::config::Config;
+
+const CONFIG: &str = r#"
+[plans.basic]
+currency = "USD"
+base_fee = "30.00"
+[plans.basic.meters.call_minutes]
+included = "100"
+overage_rate = "0.10"
+[plans.pro]
+currency = "USD"
+base_fee = "90.00"
+[plans.pro.meters.call_minutes]
+included = "1000"
+overage_rate = "0.05"
+[tenants.acme]
+plan = "basic"
+"#;
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn call(id: &str, time: &str, minutes: u64) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"s","type":"call.completed","subject":"acme","time":"{time}","data":{{"call_id":"{id}","duration_ms":{},"direction":"inbound"}}}}"#,
+        minutes * 60_000
+    )
+}
+
+fn sub(id: &str, ty: &str, time: &str, data: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"billing","type":"{ty}","subject":"acme","time":"{time}","data":{data}}}"#
+    )
+}
+
+fn events() -> Vec<String> {
+    vec![
+        call("c1", "2026-11-10T10:00:00Z", 50),
+        sub(
+            "u1",
+            "subscription.updated",
+            "2026-11-11T00:00:00Z",
+            r#"{"plan":"pro"}"#,
+        ),
+        sub(
+            "u1",
+            "subscription.updated",
+            "2026-11-11T00:00:00Z",
+            r#"{"plan":"pro"}"#,
+        ),
+        call("c2", "2026-11-12T10:00:00Z", 700),
+        call("c3", "2026-11-13T10:00:00Z", 100),
+        sub("x1", "subscription.canceled", "2026-11-20T00:00:00Z", "{}"),
+        call("c4", "2026-11-21T10:00:00Z", 5),
+        sub(
+            "p1",
+            "subscription.updated",
+            "2026-11-21T00:00:00Z",
+            r#"{"plan":"gold"}"#,
+        ),
+    ]
+}
+
+fn processor(c: &Config) -> Processor {
+    Processor::new(
+        Shared::new(c.catalog.clone()),
+        Params::from_settings(&c.settings),
+    )
+}
+
+fn feed(p: &mut Processor, from: usize, evs: &[String]) -> Vec<Outcome> {
+    let ts0 = now().timestamp_millis() - 60_000;
+    evs.iter()
+        .enumerate()
+        .skip(from)
+        .map(|(i, e)| {
+            p.process(
+                &InMessage {
+                    partition: 0,
+                    offset: i as i64,
+                    payload: Some(e.as_bytes()),
+                    timestamp_ms: Some(ts0 + i as i64),
+                },
+                now(),
+            )
+        })
+        .collect()
+}
+
+fn code(o: &Outcome) -> Option<&'static str> {
+    match o {
+        Outcome::Rejected(r) => Some(r.code.as_str()),
+        _ => None,
+    }
+}
+
+#[test]
+fn subscription_events_apply_in_order_and_replay_the_same() {
+    let c = Config::from_toml_str(CONFIG).unwrap();
+    let mut p = processor(&c);
+    p.assign(0);
+    p.install(Restored {
+        partition: 0,
+        ..Default::default()
+    });
+    let evs = events();
+    let out = feed(&mut p, 0, &evs);
+    assert_eq!(out[0], Outcome::Counted);
+    assert_eq!(out[1], Outcome::Counted);
+    assert_eq!(out[2], Outcome::Duplicate);
+    assert_eq!(out[3], Outcome::Counted);
+    assert_eq!(out[5], Outcome::Counted);
+    assert_eq!(code(&out[6]), Some("no_subscription"));
+    assert_eq!(code(&out[7]), Some("unknown_plan"));
+    // 750 minutes after the upgrade: no alert (80% of pro's 1000 is 800); 850: 80%, once.
+    let alerts = p.take_new_alerts();
+    assert_eq!(
+        alerts
+            .iter()
+            .map(|a| a.kind.to_string())
+            .collect::<Vec<_>>(),
+        ["80%"]
+    );
+    assert_eq!(
+        alerts[0].limit.as_ref().map(|l| l.to_string()),
+        Some("1000".into())
+    );
+    assert_eq!(alerts[0].event_id, "c3");
+    let t = p.shared().tenant("acme").unwrap();
+    assert_eq!(t.plan_changes.len(), 2);
+    assert!(t.plan_changes[1].canceled);
+
+    // The flush writes both records, with the checkpoint past them.
+    let batch = p.snapshot();
+    assert_eq!(batch.subscriptions.len(), 2);
+    assert_eq!(batch.subscriptions[0].through_offset, 2);
+    assert_eq!(batch.subscriptions[1].through_offset, 6);
+    assert_eq!(batch.checkpoints[0].position, 8);
+    let stored = batch.subscriptions.clone();
+
+    // A failed flush gives them back for the next one.
+    p.unflushed(batch);
+    assert_eq!(p.snapshot().subscriptions.len(), 2);
+
+    // Restored with both records at the checkpoint: the same tenant.
+    let mut r = processor(&c);
+    r.assign(0);
+    r.install(Restored {
+        partition: 0,
+        subscriptions: stored.clone(),
+        checkpoint: Some(Checkpoint {
+            partition: 0,
+            position: 8,
+            watermark_us: p.partition(0).unwrap().watermark_us,
+            max_ts_ms: p.partition(0).unwrap().max_ts_ms,
+        }),
+        replay_from: 8,
+        ..Default::default()
+    });
+    assert_eq!(
+        r.shared().tenant("acme").unwrap().plan_changes,
+        t.plan_changes
+    );
+
+    // Restored at a checkpoint between the two (only the first stored at or below it), then
+    // the partition replayed from the start: the second is applied again, once.
+    let mut r = processor(&c);
+    r.assign(0);
+    r.install(Restored {
+        partition: 0,
+        subscriptions: stored[..1].to_vec(),
+        checkpoint: Some(Checkpoint {
+            partition: 0,
+            position: 4,
+            watermark_us: DateTime::parse_from_rfc3339("2026-11-12T10:00:00Z")
+                .unwrap()
+                .timestamp_micros(),
+            max_ts_ms: 0,
+        }),
+        replay_from: 0,
+        ..Default::default()
+    });
+    let out = feed(&mut r, 0, &evs);
+    assert!(out[..4].iter().all(|o| *o == Outcome::Replayed), "{out:?}");
+    assert_eq!(out[5], Outcome::Counted);
+    assert_eq!(code(&out[6]), Some("no_subscription"));
+    assert_eq!(
+        r.shared().tenant("acme").unwrap().plan_changes,
+        t.plan_changes
+    );
+    let again = r.snapshot();
+    assert_eq!(again.subscriptions, stored[1..].to_vec());
+
+    // Revoked: the records go with the partition.
+    r.revoke(0);
+    assert!(r.shared().subscribed_tenant("acme").is_none());
+    assert!(r.shared().tenant("acme").unwrap().plan_changes.is_empty());
+}
+
+#[test]
+fn a_tenant_created_by_an_event_survives_a_restore() {
+    let c = Config::from_toml_str(CONFIG).unwrap();
+    let mut p = processor(&c);
+    p.assign(0);
+    p.install(Restored {
+        partition: 0,
+        ..Default::default()
+    });
+    let mk = |tenant: &str, id: &str, data: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"b","type":"subscription.updated","subject":"{tenant}","time":"2026-11-16T00:00:00Z","data":{data}}}"#
+        )
+    };
+    let usage = |id: &str, time: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"s","type":"call.completed","subject":"newco","time":"{time}","data":{{"call_id":"{id}","duration_ms":60000,"direction":"inbound"}}}}"#
+        )
+    };
+    let evs = vec![
+        usage("early", "2026-11-15T00:00:00Z"),
+        mk("newco", "n0", r#"{"plan":"pro"}"#),
+        mk(
+            "newco",
+            "n1",
+            r#"{"plan":"pro","timezone":"Asia/Jerusalem","anchor_day":16}"#,
+        ),
+        usage("late", "2026-11-17T00:00:00Z"),
+        mk("newco", "n2", r#"{"plan":"pro","timezone":"UTC"}"#),
+    ];
+    let out = feed(&mut p, 0, &evs);
+    assert_eq!(code(&out[0]), Some("unknown_tenant"));
+    assert_eq!(code(&out[1]), Some("invalid_data"));
+    assert_eq!(out[2], Outcome::Counted);
+    assert_eq!(out[3], Outcome::Counted);
+    assert_eq!(code(&out[4]), Some("invalid_data"));
+    let batch = p.snapshot();
+    assert_eq!(batch.rows.len(), 2, "calls and call_minutes of newco");
+    let mut r = processor(&c);
+    r.assign(0);
+    r.install(Restored {
+        partition: 0,
+        subscriptions: batch.subscriptions.clone(),
+        checkpoint: Some(batch.checkpoints[0].clone()),
+        replay_from: 5,
+        ..Default::default()
+    });
+    let t = r.shared().tenant("newco").unwrap();
+    assert_eq!((t.tz.name(), t.anchor_day), ("Asia/Jerusalem", 16));
+    assert_eq!(t.plan_at(now()).id, "pro");
+}
