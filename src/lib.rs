@@ -18,6 +18,7 @@ pub mod period;
 pub mod pricing;
 pub mod sink;
 pub mod state;
+pub mod statement;
 pub mod stripe;
 pub mod telemetry;
 pub mod usage;

@@ -23,6 +23,9 @@
 //! - With a wallet on the plan, the answer adds `"wallet": {"balance", "currency",
 //!   "prepaid"}` (the current balance, whatever the period asked).
 //! - The entitlement is for the current period.
+//! - Statements (`/v1/tenants/{tenant}/statements`) come from ClickHouse only: `{"tenant_id",
+//!   "statements": [...]}`, newest first, each in the shape of the statements topic's
+//!   messages; `?limit=` outside 1..=100 is 400.
 
 use std::sync::Arc;
 
@@ -68,6 +71,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/tenants/{tenant}/entitlements/{meter}",
             get(routes::entitlement::entitlement),
+        )
+        .route(
+            "/v1/tenants/{tenant}/statements",
+            get(routes::statements::statements),
         )
         .route_layer(from_fn_with_state(
             state.tokens.clone(),

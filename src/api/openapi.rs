@@ -6,6 +6,7 @@ use utoipa::OpenApi;
 use super::error::ErrorBody;
 use super::routes::entitlement::__path_entitlement;
 use super::routes::health::{__path_healthz, __path_metrics, __path_readyz};
+use super::routes::statements::{__path_statements, StatementsBody};
 use super::routes::tenant_usage::{
     __path_usage, MeterUsageBody, PeriodBody, UsageBody, WalletBody,
 };
@@ -16,9 +17,9 @@ use crate::pricing::{self, Charges};
 #[openapi(
     info(
         title = "callmeter",
-        description = "Live usage, charges and entitlements of a callmeter instance (CONTRACT section 6). Decimals are JSON strings; money has 2 decimals."
+        description = "Live usage, charges, entitlements and period-close statements of a callmeter instance (CONTRACT sections 6 and 10). Decimals are JSON strings; money has 2 decimals."
     ),
-    paths(healthz, readyz, metrics, usage, entitlement),
+    paths(healthz, readyz, metrics, usage, entitlement, statements),
     components(schemas(
         UsageBody,
         PeriodBody,
@@ -27,6 +28,9 @@ use crate::pricing::{self, Charges};
         Charges,
         pricing::ChargeLine,
         pricing::Entitlement,
+        StatementsBody,
+        crate::statement::StatementBody,
+        crate::statement::StatementLineBody,
         ErrorBody
     )),
     modifiers(&BearerAuth)

@@ -12,6 +12,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{AlertKey, Processor, RowKey};
 use crate::alerts::Alert;
+use crate::statement::Statement;
 
 /// One row of a flush batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,12 +51,13 @@ pub struct RawEventRecord {
 }
 
 /// Everything one flush writes, in order: alerts, raw events, rollup state, rollups,
-/// checkpoints; then offsets are committed.
+/// statements of closed periods, checkpoints; then offsets are committed.
 #[derive(Debug, Default)]
 pub struct FlushBatch {
     pub alerts: Vec<Alert>,
     pub raw_events: Vec<RawEventRecord>,
     pub rows: Vec<RollupRecord>,
+    pub statements: Vec<Statement>,
     pub checkpoints: Vec<Checkpoint>,
 }
 
@@ -64,6 +66,7 @@ impl FlushBatch {
         self.alerts.is_empty()
             && self.raw_events.is_empty()
             && self.rows.is_empty()
+            && self.statements.is_empty()
             && self.checkpoints.is_empty()
     }
 }
@@ -96,19 +99,27 @@ pub struct Restored {
     pub replay_from: i64,
     /// Earliest stored period per tenant.
     pub first_periods: Vec<(String, i64)>,
+    /// (tenant, period_start) of the restored rows whose statement is stored.
+    pub stated: Vec<(String, i64)>,
 }
 
 impl Processor {
     /// Takes a flush batch: every dirty row (marked clean) with `through_offset` = its
-    /// partition's position, a checkpoint per partition, and pending alerts and raw events.
+    /// partition's position, the statements of the periods closed under the watermarks of
+    /// the checkpoints (see [`super::closing`]), a checkpoint per partition, and pending
+    /// alerts and raw events.
     pub fn snapshot(&mut self) -> FlushBatch {
+        let mut parts: Vec<i32> = self.partitions.keys().copied().collect();
+        parts.sort_unstable();
+        for &p in &parts {
+            self.close_periods(p);
+        }
         let mut batch = FlushBatch {
             alerts: std::mem::take(&mut self.pending_alerts),
             raw_events: std::mem::take(&mut self.raw_events),
+            statements: std::mem::take(&mut self.pending_statements),
             ..Default::default()
         };
-        let mut parts: Vec<i32> = self.partitions.keys().copied().collect();
-        parts.sort_unstable();
         for p in parts {
             let ps = self.partitions.get_mut(&p).expect("listed");
             let rows_before = batch.rows.len();
@@ -197,6 +208,9 @@ impl Processor {
         let mut raw = batch.raw_events;
         raw.append(&mut self.raw_events);
         self.raw_events = raw;
+        let mut statements = batch.statements;
+        statements.append(&mut self.pending_statements);
+        self.pending_statements = statements;
     }
 
     fn evict(&mut self) {
@@ -219,10 +233,17 @@ impl Processor {
             return;
         }
         let before = self.shared.rows.len();
+        let stated = &self.stated;
         self.shared.rows.retain(|k, r| {
             match closed_before.get(&k.partition) {
-                // Closed: period_end + grace < watermark.
-                Some(limit) if r.period_end < *limit && !r.dirty => false,
+                // Closed (period_end + grace < watermark), written, and its statement made.
+                Some(limit)
+                    if r.period_end < *limit
+                        && !r.dirty
+                        && stated.contains(&(k.tenant, k.period_start)) =>
+                {
+                    false
+                }
                 _ => true,
             }
         });
@@ -239,5 +260,7 @@ impl Processor {
             .collect();
         self.alert_state.retain(|k, _| live.contains(k));
         self.shared.alerts.retain(|k, _| live.contains(k));
+        let live_periods: FxHashSet<(u32, i64)> = live.iter().map(|(t, _, p)| (*t, *p)).collect();
+        self.forget_statements(&live_periods);
     }
 }

@@ -139,6 +139,16 @@ impl Tenants {
         &self.list[tidx as usize].name
     }
 
+    /// The tenant's configuration (its plan timeline), as priced.
+    pub(super) fn tenant(&self, tidx: u32) -> &Arc<Tenant> {
+        &self.list[tidx as usize].tenant
+    }
+
+    /// The earliest usage period start seen for the tenant.
+    pub(super) fn first_period(&self, tidx: u32) -> Option<i64> {
+        self.list[tidx as usize].first_period
+    }
+
     /// Picks up a reloaded catalog: each tenant's configuration, caches dropped.
     pub(super) fn reload(&mut self, catalog: &Catalog) {
         for t in &mut self.list {

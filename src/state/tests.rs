@@ -385,6 +385,7 @@ impl FakeStore {
             checkpoint: self.checkpoint.clone(),
             committed: None,
             first_periods: vec![],
+            stated: vec![],
         }
     }
 

@@ -1,13 +1,15 @@
 //! Batch writes: a flush batch in order, and alerts alone (the wallet service's).
 //!
 //! A flush writes, in order: alerts, raw events (optional), `rollup_state`, `usage_rollups`,
-//! `partition_checkpoints`. Each step is idempotent (replacing tables), so a failed flush is
-//! retried whole.
+//! `usage_statements`, `partition_checkpoints`. Each step is idempotent (replacing tables;
+//! a statement written again is the same rows), so a failed flush is retried whole.
 
 use super::queries::{
-    CALL_EVENTS, PARTITION_CHECKPOINTS, ROLLUP_STATE, USAGE_ALERTS, USAGE_ROLLUPS,
+    CALL_EVENTS, PARTITION_CHECKPOINTS, ROLLUP_STATE, USAGE_ALERTS, USAGE_ROLLUPS, USAGE_STATEMENTS,
 };
-use super::rows::{AlertRow, CheckpointRow, RawEventRow, RollupRow, StateRow, dec9, dt, now_secs};
+use super::rows::{
+    AlertRow, CheckpointRow, RawEventRow, RollupRow, StateRow, StatementRow, dec9, dt, now_secs,
+};
 use super::{ClickHouse, SinkError};
 use crate::alerts::Alert;
 use crate::state::FlushBatch;
@@ -75,6 +77,9 @@ impl ClickHouse {
             }
             ins.end().await?;
         }
+        if !batch.statements.is_empty() {
+            self.insert_statements(&batch.statements).await?;
+        }
         if !batch.checkpoints.is_empty() {
             let mut ins = self
                 .client
@@ -93,6 +98,21 @@ impl ClickHouse {
             }
             ins.end().await?;
         }
+        Ok(())
+    }
+
+    /// Inserts statements into `usage_statements` (one row per line).
+    pub async fn insert_statements(
+        &self,
+        statements: &[crate::statement::Statement],
+    ) -> Result<(), SinkError> {
+        let mut ins = self.client.insert::<StatementRow>(USAGE_STATEMENTS).await?;
+        for s in statements {
+            for r in StatementRow::from_statement(s) {
+                ins.write(&r).await?;
+            }
+        }
+        ins.end().await?;
         Ok(())
     }
 
