@@ -10,5 +10,6 @@ mod prometheus;
 mod realdata;
 mod rebalance;
 mod startpos;
+mod statements;
 #[cfg(feature = "testkit")]
 mod stripe;
