@@ -105,7 +105,9 @@ async fn stored_by_id(ch: &Ch, db: &str) -> BTreeMap<String, Value> {
         .position(|x| *x == k)
         .unwrap_or(9)
     };
-    let mut out: BTreeMap<String, (Value, Vec<(usize, String, String, Value)>)> = BTreeMap::new();
+    /// (kind rank, meter, item, line JSON): sorts as the statement orders its lines.
+    type Line = (usize, String, String, Value);
+    let mut out: BTreeMap<String, (Value, Vec<Line>)> = BTreeMap::new();
     for r in rows {
         let e = out.entry(r[0].clone()).or_insert_with(|| {
             (

@@ -73,7 +73,7 @@ impl ClickHouse {
             .fetch_all()
             .await?;
         let mut out = group(rows)?;
-        out.sort_by(|a, b| b.period.start.cmp(&a.period.start));
+        out.sort_by_key(|s| std::cmp::Reverse(s.period.start));
         Ok(out)
     }
 
