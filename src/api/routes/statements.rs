@@ -81,3 +81,31 @@ pub async fn statements(
         statements: list.iter().map(|st| st.body()).collect(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(s: Option<&str>) -> Result<u32, String> {
+        parse_limit(&LimitQuery {
+            limit: s.map(str::to_string),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_default_to_12_and_stay_within_1_to_100() {
+        assert_eq!(limit(None), Ok(12));
+        assert_eq!(limit(Some("1")), Ok(1));
+        assert_eq!(limit(Some("100")), Ok(100));
+        for bad in ["0", "101", "-1", "ten", ""] {
+            assert_eq!(
+                limit(Some(bad)),
+                Err(format!(
+                    "`limit` must be a whole number from 1 to 100, not `{bad}`"
+                )),
+                "{bad}"
+            );
+        }
+    }
+}
