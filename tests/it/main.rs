@@ -13,3 +13,4 @@ mod startpos;
 mod statements;
 #[cfg(feature = "testkit")]
 mod stripe;
+mod views;
