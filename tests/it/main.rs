@@ -3,12 +3,14 @@
 
 mod common;
 mod faults;
+mod hostile;
 mod malformed;
 mod outbox;
 mod pricing;
 mod prometheus;
 mod realdata;
 mod rebalance;
+mod sink;
 mod startpos;
 mod statements;
 #[cfg(feature = "testkit")]
