@@ -8,7 +8,8 @@ Checks: every DDL file runs (twice: `migrate` must be idempotent); the usage que
 contract (`SELECT sum(value) FROM callmeter.usage_rollups FINAL WHERE ...`) returns the newest
 row version per (tenant, meter, period, partition) summed over partitions; alerts collapse by
 alert_id under FINAL; stripe_reports read by identifier with argMax(status, version); every
-view in the schema directory answers a SELECT.
+view in the schema directory answers a SELECT, and the statement views give the same answers
+as on 18.16 for a few statements (one of them written twice).
 
 Exit status 0 when all hold, 1 otherwise (the failing check is printed).
 """
@@ -92,6 +93,33 @@ def main():
             "SELECT identifier, argMax(status, version), argMax(value, version) "
             "FROM callmeter.stripe_reports GROUP BY identifier",
             "id1\tsent\t20",
+        )
+        q("""INSERT INTO callmeter.usage_statements VALUES
+            ('s1', 'a', 'starter', 'USD', '2026-10-31 23:00:00', '2026-11-30 23:00:00', 'base_fee', '', '', 1, 79, 109, '2026-12-02 23:00:00'),
+            ('s1', 'a', 'starter', 'USD', '2026-10-31 23:00:00', '2026-11-30 23:00:00', 'addon', 'call_minutes', 'extra', 2, 30, 109, '2026-12-02 23:00:00'),
+            ('s1', 'a', 'starter', 'USD', '2026-10-31 23:00:00', '2026-11-30 23:00:00', 'addon', 'call_minutes', 'extra', 2, 30, 109, '2026-12-02 23:00:00'),
+            ('s2', 'b', 'free', 'USD', '2026-11-01 00:00:00', '2026-12-01 00:00:00', '', '', '', 0, 0, 0, '2026-12-03 00:00:00'),
+            ('s3', 'a', 'starter', 'USD', '2026-11-30 23:00:00', '2026-12-31 23:00:00', 'base_fee', '', '', 1, 79, 79, '2027-01-02 23:00:00')""")
+        expect(
+            "mrr_monthly",
+            "SELECT month, currency, toString(mrr), tenants FROM callmeter.mrr_monthly ORDER BY month",
+            "2026-11-01\tUSD\t109\t1\n2026-12-01\tUSD\t79\t1",
+        )
+        expect(
+            "revenue_by_plan_kind",
+            "SELECT month, plan, line_kind, toString(revenue) FROM callmeter.revenue_by_plan_kind "
+            "ORDER BY month, line_kind",
+            "2026-11-01\tstarter\taddon\t30\n2026-11-01\tstarter\tbase_fee\t79\n2026-12-01\tstarter\tbase_fee\t79",
+        )
+        expect(
+            "arpu_monthly",
+            "SELECT month, toString(revenue), tenants, toString(arpu) FROM callmeter.arpu_monthly ORDER BY month",
+            "2026-11-01\t109\t2\t54.5\n2026-12-01\t79\t1\t79",
+        )
+        expect(
+            "tenants_gained_lost",
+            "SELECT month, gained, lost FROM callmeter.tenants_gained_lost ORDER BY month",
+            "2026-11-01\t2\t0\n2026-12-01\t0\t1",
         )
         for v in views:
             try:

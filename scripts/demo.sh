@@ -3,8 +3,9 @@
 # brings up Apache Kafka (BROKER=tansu: tansu) and ClickHouse as local processes
 # (installing them when missing), creates topics and tables, runs the pipeline, replays the
 # records through it, and prints per tenant and month the calls, minutes, alerts and charges
-# read back from ClickHouse, then per tenant what the Stripe test server received next to
-# ClickHouse's totals. Everything it starts is stopped on exit; state lives in .demo/.
+# read back from ClickHouse, the statements of the closed periods (January 1999 closes while
+# February replays; February stays open, as no event after 1999-03-02 arrives), then per
+# tenant what the Stripe test server received next to ClickHouse's totals. Everything it starts is stopped on exit; state lives in .demo/.
 #
 #   scripts/demo.sh [DATASET_DIR]      (default: data/anonbank, shipped in the repo)
 #
@@ -35,7 +36,7 @@ echo "demo: starting the Stripe test server on 127.0.0.1:$STRIPE_PORT"
   >"$DEMO/stripe-test-server.log" 2>&1 &
 pids+=($!)
 
-for t in call-events:4 call-events.dlq:1 usage-alerts:1; do
+for t in call-events:4 call-events.dlq:1 usage-alerts:1 usage-statements:1; do
   create_topic "${t%%:*}" "${t##*:}"
 done
 
@@ -74,6 +75,17 @@ echo
 echo "demo: live usage API for anonbank-ne in February 1999:"
 curl -sf -H "Authorization: Bearer change-me" \
   "http://127.0.0.1:$API_PORT/v1/tenants/anonbank-ne/usage?at=1999-02-15T12:00:00%2B02:00" | python3 -m json.tool
+echo
+echo "demo: waiting for January's statements (period end + late_event_grace behind the watermark)"
+for _ in $(seq 1 120); do
+  N=$(curl -sf "http://127.0.0.1:$CH_PORT/" --data-binary \
+    "SELECT uniqExact(statement_id) FROM callmeter.usage_statements FINAL" || echo 0)
+  [ "${N:-0}" -ge 6 ] && break
+  sleep 0.5
+done
+echo "demo: statements API for anonbank-ne (closed periods, newest first):"
+curl -sf -H "Authorization: Bearer change-me" \
+  "http://127.0.0.1:$API_PORT/v1/tenants/anonbank-ne/statements" | python3 -m json.tool
 echo
 
 kill -TERM "$PIPE"; wait "$PIPE" || true

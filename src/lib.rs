@@ -20,6 +20,7 @@ pub mod period;
 pub mod pricing;
 pub mod sink;
 pub mod state;
+pub mod statement;
 pub mod stripe;
 pub mod subscription;
 pub mod telemetry;

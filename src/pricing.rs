@@ -441,6 +441,13 @@ pub struct ChargeLine {
     /// The add-on priced (kind `addon`), or the plan of a prorated base fee; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
+    /// What the line prices, as a decimal string: `base_fee` the fraction of the period the
+    /// plan was in effect (1 for a whole period, else half-up to 6 places); `overage` the
+    /// units above the limit; `usage` and `tiered` the meter's usage; `revenue_share` the
+    /// period's revenue; `addon` the units held.
+    #[serde(serialize_with = "dec_str")]
+    #[schema(value_type = String, example = "1")]
+    pub quantity: Decimal,
     /// In the plan's currency, rounded half-up to 2 decimals; serialized as `"12.50"`.
     #[serde(with = "crate::pricing::money_str")]
     #[schema(value_type = String, example = "79.00")]
@@ -678,13 +685,18 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
     let plan = gov.plan;
     let addons = if gov.canceled { &NO_ADDONS } else { gov.addons };
     let mut lines = Vec::new();
-    let mut push = |kind: &'static str, meter: Option<&str>, item: Option<&str>, raw: Decimal| {
+    let mut push = |kind: &'static str,
+                    meter: Option<&str>,
+                    item: Option<&str>,
+                    quantity: Decimal,
+                    raw: Decimal| {
         let amount = round_money(raw);
         if !amount.is_zero() {
             lines.push(ChargeLine {
                 kind,
                 meter: meter.map(str::to_string),
                 item: item.map(str::to_string),
+                quantity: quantity.normalize(),
                 amount,
             });
         }
@@ -693,7 +705,7 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
     // Base fee, prorated by time across plan changes inside the period (one line per plan,
     // its stretches summed); none while the tenant has no subscription.
     let prorated = segments.len() > 1;
-    let mut fees: Vec<(&str, Decimal)> = Vec::new();
+    let mut fees: Vec<(&str, Decimal, Decimal)> = Vec::new();
     for seg in segments.iter().filter(|s| !s.canceled) {
         let plan_seg = seg.plan;
         let what = || format!("the base fee of plan {}", plan_seg.id);
@@ -706,36 +718,57 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
             let part = ar.mul(fee, Decimal::from(seg.secs), &what)?;
             fee = ar.div(part, Decimal::from(period.seconds().max(1)));
         }
-        match fees.iter_mut().find(|(id, _)| *id == plan_seg.id) {
-            Some((_, sum)) => *sum = ar.add(*sum, fee, &what)?,
-            None => fees.push((&plan_seg.id, fee)),
+        let share = if prorated {
+            ar.div(Decimal::from(seg.secs), Decimal::from(period.seconds().max(1)))
+        } else {
+            Decimal::ONE
+        };
+        match fees.iter_mut().find(|(id, _, _)| *id == plan_seg.id) {
+            Some((_, sum, quantity)) => {
+                *sum = ar.add(*sum, fee, &what)?;
+                *quantity = ar.add(*quantity, share, &what)?;
+            }
+            None => fees.push((&plan_seg.id, fee, share)),
         }
     }
-    for (id, fee) in fees {
-        push("base_fee", None, prorated.then_some(id), fee);
+    // The quantity of a base fee line is the share of the period its plan was held.
+    for (id, fee, quantity) in fees {
+        push(
+            "base_fee",
+            None,
+            prorated.then_some(id),
+            round_half_up(quantity, 6),
+            fee,
+        );
     }
 
     for (mid, pm) in &plan.meters {
         let usage = input.usage_of(ar, *mid, &pm.name)?;
         if let Some(limit) = limit_with(ar, plan, addons, *mid, input.first_period)? {
+            let over = if usage > limit {
+                ar.sub(usage, limit, &|| format!("the overage of {}", pm.name))?
+            } else {
+                Decimal::ZERO
+            };
             push(
                 "overage",
                 Some(&pm.name),
                 None,
+                over,
                 overage_with(ar, pm, usage, limit)?,
             );
         }
+        let units = usage.max(Decimal::ZERO);
         if let Some(rate) = pm.rate {
-            let amount = ar.mul(rate, usage.max(Decimal::ZERO), &|| {
-                format!("the usage charge of {}", pm.name)
-            })?;
-            push("usage", Some(&pm.name), None, amount);
+            let amount = ar.mul(rate, units, &|| format!("the usage charge of {}", pm.name))?;
+            push("usage", Some(&pm.name), None, units, amount);
         }
         if let Some((mode, tiers)) = &pm.tiers {
             push(
                 "tiered",
                 Some(&pm.name),
                 None,
+                units,
                 tiered_with(ar, *mode, tiers, usage, &pm.name)?,
             );
         }
@@ -744,14 +777,20 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
         let what = || "the revenue share".to_string();
         let revenue = input.usage_of(ar, crate::meter::REVENUE, "revenue")?;
         let amount = ar.mul(revenue, share, &what)?.max(Decimal::ZERO);
-        push("revenue_share", Some("revenue"), None, amount);
+        push("revenue_share", Some("revenue"), None, revenue, amount);
     }
     for (name, addon) in &plan.addons {
         let units = addons.get(name).copied().unwrap_or(0);
         let amount = ar.mul(addon.price, Decimal::from(units), &|| {
             format!("the price of add-on {name}")
         })?;
-        push("addon", addon.meter_name.as_deref(), Some(name), amount);
+        push(
+            "addon",
+            addon.meter_name.as_deref(),
+            Some(name),
+            Decimal::from(units),
+            amount,
+        );
     }
     let total = ar.sum(lines.iter().map(|l| l.amount), &|| {
         "the total of the charges".to_string()
@@ -798,6 +837,10 @@ pub struct Entitlement {
 pub const HARD_LIMIT_REACHED: &str = "hard_limit_reached";
 /// Reason of a refusal when a prepaid wallet is empty.
 pub const WALLET_EMPTY: &str = "wallet_empty";
+
+fn dec_str<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&d.normalize().to_string())
+}
 
 fn opt_dec_str<S: serde::Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
     match d {

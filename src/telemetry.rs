@@ -44,6 +44,7 @@ pub const COMMIT_FAILURES: &str = "callmeter_offset_commit_failures_total";
 pub const RESTORE_DURATION: &str = "callmeter_restore_duration_seconds";
 pub const RESTORES: &str = "callmeter_partition_restores_total";
 pub const ALERTS: &str = "callmeter_alerts_total";
+pub const STATEMENTS: &str = "callmeter_statements_total";
 pub const ALERT_LATENCY: &str = "callmeter_alert_produce_latency_seconds";
 pub const TENANT_USAGE_RATIO: &str = "callmeter_tenant_usage_ratio";
 pub const TENANT_USAGE: &str = "callmeter_tenant_usage";
@@ -203,6 +204,10 @@ fn describe() {
     );
     describe_counter!(RESTORES, "Partitions restored after assignment.");
     describe_counter!(ALERTS, "Usage alerts fired, by `kind`.");
+    describe_counter!(
+        STATEMENTS,
+        "Period-close usage statements produced (a statement made again after a crash counts again)."
+    );
     describe_histogram!(
         ALERT_LATENCY,
         Unit::Seconds,

@@ -55,6 +55,12 @@ pub enum ApiError {
     /// 503: the period's stored alerts could not be read from ClickHouse.
     #[error("usage unavailable: {0}")]
     Alerts(#[source] clickhouse::error::Error),
+    /// 400: `?limit=` is not a whole number from 1 to the maximum.
+    #[error("`limit` must be a whole number from 1 to {max}, not `{given}`")]
+    BadLimit { given: String, max: u32 },
+    /// 503: the stored statements could not be read from ClickHouse.
+    #[error("statements unavailable: {0}")]
+    Statements(#[source] crate::sink::clickhouse::SinkError),
 }
 
 impl ApiError {
@@ -62,16 +68,19 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::BadAt(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadAt(_) | ApiError::BadRequest(_) | ApiError::BadLimit { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::UnknownTenant(_)
             | ApiError::UnknownMeter(_)
             | ApiError::UnknownEntitlement(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Produce(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TenantLookup(_) | ApiError::Usage(_) | ApiError::Alerts(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::TenantLookup(_)
+            | ApiError::Usage(_)
+            | ApiError::Alerts(_)
+            | ApiError::Statements(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

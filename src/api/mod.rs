@@ -33,6 +33,9 @@
 //!   not valid `subscription.updated` data, 422 for an unknown plan or add-on or a change
 //!   the tenant cannot make), produces the event keyed by the tenant and answers 202 once
 //!   the broker acknowledged it (503 if it did not).
+//! - Statements (`/v1/tenants/{tenant}/statements`) come from ClickHouse only: `{"tenant_id",
+//!   "statements": [...]}`, newest first, each in the shape of the statements topic's
+//!   messages; `?limit=` outside 1..=100 is 400.
 
 use std::sync::Arc;
 
@@ -87,6 +90,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/tenants/{tenant}/entitlements",
             get(routes::entitlement::entitlements),
+        )
+        .route(
+            "/v1/tenants/{tenant}/statements",
+            get(routes::statements::statements),
         )
         .route(
             "/v1/tenants/{tenant}/subscription",

@@ -9,6 +9,7 @@ use super::routes::entitlement::{
 };
 use super::routes::health::{__path_healthz, __path_metrics, __path_readyz};
 use super::routes::subscription::{__path_put_subscription, SubscriptionAccepted};
+use super::routes::statements::{__path_statements, StatementsBody};
 use super::routes::tenant_usage::{
     __path_usage, MeterUsageBody, PeriodBody, UsageBody, WalletBody,
 };
@@ -19,7 +20,7 @@ use crate::pricing::{self, Charges};
 #[openapi(
     info(
         title = "callmeter",
-        description = "Live usage, charges and entitlements of a callmeter instance (CONTRACT section 6). Decimals are JSON strings; money has 2 decimals."
+        description = "Live usage, charges, entitlements and period-close statements of a callmeter instance (CONTRACT sections 6 and 10). Decimals are JSON strings; money has 2 decimals."
     ),
     paths(
         healthz,
@@ -28,6 +29,7 @@ use crate::pricing::{self, Charges};
         usage,
         entitlement,
         entitlements,
+        statements,
         put_subscription
     ),
     components(schemas(
@@ -42,6 +44,9 @@ use crate::pricing::{self, Charges};
         AnyEntitlement,
         Entitlements,
         SubscriptionAccepted,
+        StatementsBody,
+        crate::statement::StatementBody,
+        crate::statement::StatementLineBody,
         ErrorBody
     )),
     modifiers(&BearerAuth)

@@ -140,8 +140,8 @@ async fn usage_answer_has_the_contract_shape() {
             "meters": [{"meter": "call_minutes", "usage": "96.5", "limit": "320", "remaining": "223.5",
                         "ratio": "0.301563", "alerts": []}],
             "charges": {"lines": [
-                {"kind": "base_fee", "meter": null, "amount": "79.00"},
-                {"kind": "addon", "meter": "call_minutes", "item": "extra_minutes", "amount": "30.00"}
+                {"kind": "base_fee", "meter": null, "quantity": "1", "amount": "79.00"},
+                {"kind": "addon", "meter": "call_minutes", "item": "extra_minutes", "quantity": "2", "amount": "30.00"}
             ], "total": "109.00"},
             "features": {}
         })
@@ -299,6 +299,7 @@ fn openapi_document_is_in_sync() {
             "/readyz",
             "/v1/tenants/{tenant}/entitlements",
             "/v1/tenants/{tenant}/entitlements/{name}",
+            "/v1/tenants/{tenant}/statements",
             "/v1/tenants/{tenant}/subscription",
             "/v1/tenants/{tenant}/usage"
         ]
@@ -331,7 +332,29 @@ fn openapi_document_is_in_sync() {
         ["alerts", "limit", "meter", "ratio", "remaining", "usage"]
     );
     assert_eq!(props("Entitlement"), ["allowed", "reason", "remaining"]);
-    assert_eq!(props("ChargeLine"), ["amount", "item", "kind", "meter"]);
+    assert_eq!(props("StatementsBody"), ["statements", "tenant_id"]);
+    assert_eq!(
+        props("StatementBody"),
+        [
+            "closed_at",
+            "currency",
+            "lines",
+            "period_end",
+            "period_start",
+            "plan",
+            "statement_id",
+            "tenant_id",
+            "total"
+        ]
+    );
+    assert_eq!(
+        props("StatementLineBody"),
+        ["amount", "item", "kind", "meter", "quantity"]
+    );
+    assert_eq!(
+        props("ChargeLine"),
+        ["amount", "item", "kind", "meter", "quantity"]
+    );
 }
 
 mod subscription;

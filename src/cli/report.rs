@@ -1,6 +1,7 @@
 //! `callmeter report`: per tenant and usage period, what ClickHouse holds (calls, minutes,
 //! alerts) and what it costs under the tenant's plan, read back from `usage_rollups FINAL`
-//! and `usage_alerts FINAL`.
+//! and `usage_alerts FINAL`; then the statements of closed periods (`usage_statements
+//! FINAL`), each line with its quantity and amount, and the statement's total.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::period::Period;
 use crate::pricing::{self, ChargeInput, MeterUsage};
 use crate::sink::clickhouse::{ClickHouse, SinkError, from_dec9, queries};
+use crate::statement::Statement;
 
 /// One (tenant, period) line of the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,12 +166,67 @@ pub fn format(config: &Config, lines: &[ReportLine]) -> String {
     out
 }
 
+/// Formats statements: per tenant and closed period, each line (kind, meter, item,
+/// quantity, amount) and the total; periods shown in each tenant's time zone.
+pub fn format_statements(config: &Config, statements: &[Statement]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "statements of closed periods ({})", statements.len());
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:<20} {:<14} {:<14} {:<16} {:>14} {:>16}",
+        "tenant", "period", "plan", "line", "meter", "item", "quantity", "amount"
+    );
+    for s in statements {
+        let tz = config
+            .catalog
+            .tenant(&s.tenant_id)
+            .map(|t| t.tz)
+            .unwrap_or(chrono_tz::UTC);
+        let month = s
+            .period
+            .start_utc()
+            .with_timezone(&tz)
+            .format("%Y-%m")
+            .to_string();
+        let money = |d: Decimal| format!("{} {}", s.currency, pricing::money_str::format(d));
+        for l in &s.lines {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<8} {:<20} {:<14} {:<14} {:<16} {:>14} {:>16}",
+                s.tenant_id,
+                month,
+                s.plan,
+                l.kind,
+                l.meter.as_deref().unwrap_or("-"),
+                l.item.as_deref().unwrap_or("-"),
+                l.quantity.normalize().round_dp(6),
+                money(l.amount)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:<20} {:<14} {:<14} {:<16} {:>14} {:>16}",
+            s.tenant_id,
+            month,
+            s.plan,
+            "total",
+            "",
+            "",
+            "",
+            money(s.total)
+        );
+    }
+    out
+}
+
 /// `callmeter report`: reads ClickHouse and prints the report.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let ch = ClickHouse::new(&config.settings.clickhouse);
-    let lines = lines(config, &ch)
-        .await
-        .with_context(|| format!("reading ClickHouse at {}", config.settings.clickhouse.url))?;
+    let context = || format!("reading ClickHouse at {}", config.settings.clickhouse.url);
+    let lines = lines(config, &ch).await.with_context(context)?;
     print!("{}", format(config, &lines));
+    let statements = ch.all_statements().await.with_context(context)?;
+    println!();
+    print!("{}", format_statements(config, &statements));
     Ok(())
 }

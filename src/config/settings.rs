@@ -204,6 +204,8 @@ pub struct KafkaSettings {
     pub topic: String,
     pub dlq_topic: String,
     pub alerts_topic: String,
+    /// Period-close usage statements (CONTRACT section 10), JSON, key = tenant id.
+    pub statements_topic: String,
     /// librdkafka properties passed through unchanged (`security.protocol`, `sasl.*`, ...).
     pub properties: BTreeMap<String, ScalarString>,
 }
@@ -217,6 +219,7 @@ impl Default for KafkaSettings {
             topic: "call-events".into(),
             dlq_topic: "call-events.dlq".into(),
             alerts_topic: "usage-alerts".into(),
+            statements_topic: "usage-statements".into(),
             properties: BTreeMap::new(),
         }
     }

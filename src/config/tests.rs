@@ -36,6 +36,7 @@ fn defaults_apply() {
     let c = Config::from_toml_str(BASE).unwrap();
     assert_eq!(c.settings.kafka.topic, "call-events");
     assert_eq!(c.settings.kafka.dlq_topic, "call-events.dlq");
+    assert_eq!(c.settings.kafka.statements_topic, "usage-statements");
     assert_eq!(c.settings.pipeline.dedup_window, Duration::from_secs(3600));
     assert_eq!(
         c.settings.pipeline.late_event_grace,
@@ -47,6 +48,17 @@ fn defaults_apply() {
     assert_eq!(c.settings.metrics.tenant_gauge_cap(), 0);
     let on = Config::from_toml_str(&format!("{BASE}\n[metrics]\ntenant_gauges = true\n")).unwrap();
     assert_eq!(on.settings.metrics.tenant_gauge_cap(), 1000);
+}
+
+#[test]
+fn statements_topic_must_be_named_and_not_the_events_topic() {
+    let e = err("[kafka]\nstatements_topic = \" \"\n");
+    assert_eq!(e.key, "kafka.statements_topic");
+    let e = err("[kafka]\nstatements_topic = \"call-events\"\n");
+    assert_eq!(e.key, "kafka.statements_topic");
+    let c =
+        Config::from_toml_str(&format!("[kafka]\nstatements_topic = \"bills\"\n{BASE}")).unwrap();
+    assert_eq!(c.settings.kafka.statements_topic, "bills");
 }
 
 #[test]

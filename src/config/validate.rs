@@ -23,9 +23,16 @@ pub(super) fn runtime(s: &Settings) -> Result<(), ConfigError> {
     nonempty("kafka.topic", &s.kafka.topic)?;
     nonempty("kafka.dlq_topic", &s.kafka.dlq_topic)?;
     nonempty("kafka.alerts_topic", &s.kafka.alerts_topic)?;
+    nonempty("kafka.statements_topic", &s.kafka.statements_topic)?;
     if s.kafka.dlq_topic == s.kafka.topic {
         return Err(ConfigError::new(
             "kafka.dlq_topic",
+            "must differ from kafka.topic",
+        ));
+    }
+    if s.kafka.statements_topic == s.kafka.topic {
+        return Err(ConfigError::new(
+            "kafka.statements_topic",
             "must differ from kafka.topic",
         ));
     }

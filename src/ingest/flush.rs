@@ -75,9 +75,14 @@ pub(super) struct Flusher {
 pub(super) const CLICKHOUSE_PROBLEM: &str = "clickhouse";
 
 impl Engine {
-    /// Snapshot plus the deliveries it depends on and the positions to commit.
+    /// Snapshot plus the deliveries it depends on and the positions to commit. Statements
+    /// the snapshot made are produced here, so the flush writes them only once their
+    /// message is acknowledged (see [`crate::state`]'s period close).
     fn take_job(&mut self) -> FlushJob {
         let batch = self.proc.snapshot();
+        for st in &self.proc.take_new_statements() {
+            self.outbox.statement(st);
+        }
         let positions = batch
             .checkpoints
             .iter()

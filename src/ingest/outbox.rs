@@ -1,6 +1,6 @@
 //! What the pipeline produces to Kafka and must see acknowledged before a flush commits:
-//! dead-letter messages (the original key and bytes, reason headers) and usage alerts
-//! (JSON, key: tenant id). [`Outbox`] keeps each message (an owned copy) with its delivery
+//! dead-letter messages (the original key and bytes, reason headers), usage alerts and
+//! period-close statements (JSON, key: tenant id). [`Outbox`] keeps each message (an owned copy) with its delivery
 //! attempt until the broker acknowledges it; [`ensure_delivered`] awaits them at flush
 //! time. Wallet alerts ([`AlertSink`]) are produced by the same kind of producer, awaited one
 //! at a time (the wallet service retries an alert it could not produce).
@@ -18,8 +18,8 @@
 //!
 //! A retry of a produce whose acknowledgement was lost may leave a second copy on the
 //! broker: consumers dedupe dead-letter copies by their source headers
-//! (`callmeter.source.topic`, `.partition`, `.offset`) and alerts by `alert_id`, both
-//! deterministic.
+//! (`callmeter.source.topic`, `.partition`, `.offset`), alerts by `alert_id` and statements
+//! by `statement_id`, all deterministic (a repeated statement is the same statement).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,7 +50,7 @@ struct OutMessage {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: OwnedHeaders,
-    /// A dead-letter copy (counted and cut when too large), else an alert.
+    /// A dead-letter copy (counted and cut when too large), else an alert or statement.
     dlq: bool,
     /// Size of the original payload once the copy was cut.
     cut_from: Option<usize>,
@@ -119,6 +119,7 @@ pub(super) struct Outbox {
     source_topic: String,
     dlq_topic: String,
     alerts_topic: String,
+    statements_topic: String,
     pending: Vec<Pending>,
     /// Estimated bytes of `pending` (see [`Outbox::undelivered_bytes`]).
     pending_bytes: u64,
@@ -133,6 +134,7 @@ impl Outbox {
             source_topic: s.topic.clone(),
             dlq_topic: s.dlq_topic.clone(),
             alerts_topic: s.alerts_topic.clone(),
+            statements_topic: s.statements_topic.clone(),
             pending: Vec::new(),
             pending_bytes: 0,
         }
@@ -205,6 +207,25 @@ impl Outbox {
         );
         let attempt: Attempt =
             Box::pin(async move { task.await.unwrap_or(Err(KafkaError::Canceled)) });
+        self.enqueue(m, attempt);
+    }
+}
+
+impl Outbox {
+    /// Counts, logs and produces a closed period's statement (key: tenant id).
+    pub(super) fn statement(&mut self, st: &crate::statement::Statement) {
+        metrics::counter!(t::STATEMENTS).increment(1);
+        tracing::info!(tenant = %st.tenant_id, period_start = st.period.start, total = %st.total, currency = %st.currency, statement_id = %st.statement_id, "usage statement");
+        let (key, body) = st.record();
+        let m = OutMessage {
+            topic: self.statements_topic.clone(),
+            key: Some(key),
+            payload: Some(body),
+            headers: OwnedHeaders::new(),
+            dlq: false,
+            cut_from: None,
+        };
+        let attempt = submit(&self.producer, &m);
         self.enqueue(m, attempt);
     }
 }

@@ -657,6 +657,7 @@ fn money_strings() {
             kind: "base_fee",
             meter: None,
             item: None,
+            quantity: d("1"),
             amount: d("79"),
         }],
         total: d("79"),
@@ -664,7 +665,7 @@ fn money_strings() {
     .unwrap();
     assert_eq!(
         json,
-        serde_json::json!({"lines": [{"kind": "base_fee", "meter": null, "amount": "79.00"}], "total": "79.00"})
+        serde_json::json!({"lines": [{"kind": "base_fee", "meter": null, "quantity": "1", "amount": "79.00"}], "total": "79.00"})
     );
 }
 

@@ -13,6 +13,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::{AlertKey, Processor, RowKey};
 use crate::alerts::Alert;
 use crate::subscription::SubscriptionRecord;
+use crate::statement::Statement;
 
 /// One row of a flush batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +52,7 @@ pub struct RawEventRecord {
 }
 
 /// Everything one flush writes, in order: alerts, raw events, subscriptions, rollup state,
-/// rollups, checkpoints; then offsets are committed.
+/// rollups, statements of closed periods, checkpoints; then offsets are committed.
 #[derive(Debug, Default)]
 pub struct FlushBatch {
     pub alerts: Vec<Alert>,
@@ -59,6 +60,7 @@ pub struct FlushBatch {
     /// Subscription events applied (CONTRACT section 10), in partition order.
     pub subscriptions: Vec<SubscriptionRecord>,
     pub rows: Vec<RollupRecord>,
+    pub statements: Vec<Statement>,
     pub checkpoints: Vec<Checkpoint>,
 }
 
@@ -68,6 +70,7 @@ impl FlushBatch {
             && self.raw_events.is_empty()
             && self.subscriptions.is_empty()
             && self.rows.is_empty()
+            && self.statements.is_empty()
             && self.checkpoints.is_empty()
     }
 }
@@ -102,20 +105,28 @@ pub struct Restored {
     pub first_periods: Vec<(String, i64)>,
     /// Stored subscription records at or below the checkpoint position, in partition order.
     pub subscriptions: Vec<SubscriptionRecord>,
+    /// (tenant, period_start) of the restored rows whose statement is stored.
+    pub stated: Vec<(String, i64)>,
 }
 
 impl Processor {
     /// Takes a flush batch: every dirty row (marked clean) with `through_offset` = its
-    /// partition's position, a checkpoint per partition, and pending alerts and raw events.
+    /// partition's position, the statements of the periods closed under the watermarks of
+    /// the checkpoints (see [`super::closing`]), a checkpoint per partition, and pending
+    /// alerts and raw events.
     pub fn snapshot(&mut self) -> FlushBatch {
+        let mut parts: Vec<i32> = self.partitions.keys().copied().collect();
+        parts.sort_unstable();
+        for &p in &parts {
+            self.close_periods(p);
+        }
         let mut batch = FlushBatch {
             alerts: std::mem::take(&mut self.pending_alerts),
             raw_events: std::mem::take(&mut self.raw_events),
             subscriptions: std::mem::take(&mut self.pending_subs),
+            statements: std::mem::take(&mut self.pending_statements),
             ..Default::default()
         };
-        let mut parts: Vec<i32> = self.partitions.keys().copied().collect();
-        parts.sort_unstable();
         for p in parts {
             let ps = self.partitions.get_mut(&p).expect("listed");
             let rows_before = batch.rows.len();
@@ -207,6 +218,9 @@ impl Processor {
         let mut subs = batch.subscriptions;
         subs.append(&mut self.pending_subs);
         self.pending_subs = subs;
+        let mut statements = batch.statements;
+        statements.append(&mut self.pending_statements);
+        self.pending_statements = statements;
     }
 
     fn evict(&mut self) {
@@ -240,10 +254,17 @@ impl Processor {
             return;
         }
         let before = self.shared.rows.len();
+        let stated = &self.stated;
         self.shared.rows.retain(|k, r| {
             match closed_before.get(&k.partition) {
-                // Closed: period_end + grace < watermark.
-                Some(limit) if r.period_end < *limit && !r.dirty => false,
+                // Closed (period_end + grace < watermark), written, and its statement made.
+                Some(limit)
+                    if r.period_end < *limit
+                        && !r.dirty
+                        && stated.contains(&(k.tenant, k.period_start)) =>
+                {
+                    false
+                }
                 _ => true,
             }
         });
@@ -260,5 +281,7 @@ impl Processor {
             .collect();
         self.alert_state.retain(|k, _| live.contains(k));
         self.shared.alerts.retain(|k, _| live.contains(k));
+        let live_periods: FxHashSet<(u32, i64)> = live.iter().map(|(t, _, p)| (*t, *p)).collect();
+        self.forget_statements(&live_periods);
     }
 }

@@ -33,10 +33,12 @@
 //! - [`tenants`]: tenant ids, the per-tenant period and plan cache, subscription records;
 //! - `subscriptions`: subscription events (CONTRACT section 10) applied in partition order;
 //! - [`alerting`]: fired alert kinds and the next trigger;
-//! - [`batch`]: what a flush writes and a restore reads back.
+//! - [`batch`]: what a flush writes and a restore reads back;
+//! - [`closing`]: period close and the statements it makes.
 
 mod alerting;
 mod batch;
+mod closing;
 mod dedup;
 mod rows;
 mod subscriptions;
@@ -46,7 +48,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
 use crate::alerts::{self, Alert};
@@ -55,6 +57,7 @@ use crate::event::{self, Body, ErrorCode, Event, Rejection};
 use crate::meter::MeterId;
 use crate::period::Period;
 use crate::pricing::Plan;
+use crate::statement::Statement;
 
 use alerting::AlertEntry;
 use dedup::{DedupSet, dedup_key};
@@ -106,6 +109,9 @@ pub struct PartitionState {
     pub max_ts_ms: i64,
     /// Position covered by the last successful flush.
     pub flushed_position: i64,
+    /// The earliest end + grace (Unix seconds) of a period with rows here and no statement
+    /// made yet: nothing closes before the watermark passes it.
+    next_close: i64,
     dedup: DedupSet,
     dirty: Vec<RowKey>,
 }
@@ -118,6 +124,7 @@ impl PartitionState {
             watermark_us: i64::MIN,
             max_ts_ms: i64::MIN,
             flushed_position: position,
+            next_close: i64::MAX,
             dedup: DedupSet::default(),
             dirty: Vec::new(),
         }
@@ -167,6 +174,12 @@ pub struct Processor {
     alert_state: FxHashMap<AlertKey, AlertEntry>,
     pending_alerts: Vec<Alert>,
     new_alerts: Vec<Alert>,
+    /// (tenant, period start) whose statement is made (pending or stored).
+    stated: FxHashSet<(u32, i64)>,
+    /// Statements for the next flush to write.
+    pending_statements: Vec<Statement>,
+    /// Statements to produce now.
+    new_statements: Vec<Statement>,
     raw_events: Vec<RawEventRecord>,
     /// Subscription records applied since the last snapshot.
     pending_subs: Vec<crate::subscription::SubscriptionRecord>,
@@ -188,6 +201,9 @@ impl Processor {
             alert_state: FxHashMap::default(),
             pending_alerts: Vec::new(),
             new_alerts: Vec::new(),
+            stated: FxHashSet::default(),
+            pending_statements: Vec::new(),
+            new_statements: Vec::new(),
             raw_events: Vec::new(),
             pending_subs: Vec::new(),
             dirty_rows: 0,
@@ -443,6 +459,7 @@ impl Processor {
         let mut skipped = false;
         // Whether the tenant has rows on other partitions too (noted at the first row).
         let mut spans: Option<bool> = None;
+        let mut created = false;
         for ((mid, _), total) in contributions.into_iter().zip(totals) {
             let key = RowKey {
                 tenant: tidx,
@@ -450,12 +467,15 @@ impl Processor {
                 period_start: period.start,
                 partition: m.partition,
             };
-            let mut row = self.shared.rows.entry(key).or_insert_with(|| RowState {
-                period_end: period.end,
-                raw: Decimal::ZERO,
-                events: 0,
-                applied_from: 0,
-                dirty: false,
+            let mut row = self.shared.rows.entry(key).or_insert_with(|| {
+                created = true;
+                RowState {
+                    period_end: period.end,
+                    raw: Decimal::ZERO,
+                    events: 0,
+                    applied_from: 0,
+                    dirty: false,
+                }
             });
             if m.offset < row.applied_from {
                 skipped = true;
@@ -488,6 +508,9 @@ impl Processor {
                 raw
             };
             self.check_alerts(tidx, mid, period, &plan, raw, &ev);
+        }
+        if created {
+            self.note_close(m.partition, period.end);
         }
         self.note_first_period(tidx, period.start);
         if applied && self.params.raw_events {
@@ -618,6 +641,7 @@ impl Processor {
                     dirty: row.rollup_stale,
                 },
             );
+            self.note_close(p, row.period_end);
             if row.rollup_stale {
                 self.dirty_rows += 1;
                 self.partitions
@@ -627,6 +651,11 @@ impl Processor {
                     .push(key);
             }
             self.shared.note_tenant_partition(tidx, p);
+        }
+        for (t, start) in &r.stated {
+            if let Some(tidx) = self.tenant_idx(t) {
+                self.stated.insert((tidx, *start));
+            }
         }
         for (t, meter, start, kind) in r.alerts {
             let Some(tidx) = self.tenant_idx(&t) else {
@@ -674,6 +703,8 @@ impl Processor {
         shared
             .alerts
             .retain(|(t, _, _), _| shared.tenant_partitions.contains_key(t));
+        self.stated
+            .retain(|(t, _)| shared.tenant_partitions.contains_key(t));
     }
 
     /// Positions to commit after a flush: `(partition, position)`.

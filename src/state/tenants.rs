@@ -252,6 +252,11 @@ impl Tenants {
         &self.list[tidx as usize].name
     }
 
+    /// The earliest usage period start seen for the tenant.
+    pub(super) fn first_period(&self, tidx: u32) -> Option<i64> {
+        self.list[tidx as usize].first_period
+    }
+
     /// Picks up a reloaded catalog: each tenant's configuration (with its subscription
     /// records laid over again), caches dropped. Returns the tenants with records, to
     /// publish.

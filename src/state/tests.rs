@@ -386,6 +386,7 @@ impl FakeStore {
             checkpoint: self.checkpoint.clone(),
             committed: None,
             first_periods: vec![],
+            stated: vec![],
         }
     }
 

@@ -12,6 +12,8 @@ mod realdata;
 mod rebalance;
 mod sink;
 mod startpos;
+mod statements;
 #[cfg(feature = "testkit")]
 mod stripe;
 mod subscriptions;
+mod views;

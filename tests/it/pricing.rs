@@ -154,8 +154,8 @@ async fn usage_charges_entitlements_and_wallets_end_to_end() {
             "meters": [{"meter": "call_minutes", "usage": "96.5", "limit": "320", "remaining": "223.5",
                         "ratio": "0.301563", "alerts": []}],
             "charges": {"lines": [
-                {"kind": "base_fee", "meter": null, "amount": "79.00"},
-                {"kind": "addon", "meter": "call_minutes", "item": "extra_minutes", "amount": "30.00"}
+                {"kind": "base_fee", "meter": null, "quantity": "1", "amount": "79.00"},
+                {"kind": "addon", "meter": "call_minutes", "item": "extra_minutes", "quantity": "2", "amount": "30.00"}
             ], "total": "109.00"}
         })
     );
@@ -175,7 +175,7 @@ async fn usage_charges_entitlements_and_wallets_end_to_end() {
     assert_eq!(body["meters"][0]["ratio"], json!("1.03125"));
     assert_eq!(
         body["charges"]["lines"][1],
-        json!({"kind": "overage", "meter": "call_minutes", "amount": "2.20"})
+        json!({"kind": "overage", "meter": "call_minutes", "quantity": "10", "amount": "2.20"})
     );
 
     // capped: hard limit reached.

@@ -1,6 +1,7 @@
 //! The handlers of the HTTP API, one file per concern: [`health`] (liveness, readiness,
-//! metrics), [`tenant_usage`] (the usage answer), [`entitlement`] (meters and features) and
-//! [`subscription`] (the write route); and the look-ups the tenant routes share. `/v1/*` handlers run behind the bearer-auth layer
+//! metrics), [`tenant_usage`] (the usage answer), [`entitlement`] (meters and features),
+//! [`statements`] and [`subscription`] (the write route); and the look-ups the tenant routes
+//! share. `/v1/*` handlers run behind the bearer-auth layer
 //! ([`super::auth`]) and fail with [`ApiError`].
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::usage;
 
 pub mod entitlement;
 pub mod health;
+pub mod statements;
 pub mod subscription;
 pub mod tenant_usage;
 

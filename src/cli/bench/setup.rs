@@ -103,6 +103,7 @@ impl Running {
 pub(super) struct Names {
     pub(super) topic: String,
     pub(super) alerts: String,
+    pub(super) statements: String,
     pub(super) dlq: String,
     pub(super) group: String,
     pub(super) database: String,
@@ -114,6 +115,7 @@ impl Names {
         Names {
             topic: format!("{base}-events"),
             alerts: format!("{base}-alerts"),
+            statements: format!("{base}-statements"),
             dlq: format!("{base}-dlq"),
             group: base.clone(),
             database: format!(
@@ -128,6 +130,7 @@ impl Names {
         let k = &mut c.settings.kafka;
         k.topic = self.topic.clone();
         k.alerts_topic = self.alerts.clone();
+        k.statements_topic = self.statements.clone();
         k.dlq_topic = self.dlq.clone();
         k.group_id = self.group.clone();
         k.group_instance_id = Some(format!("{}-0", self.group));
@@ -138,7 +141,12 @@ impl Names {
     pub(super) async fn create(&self, ks: &KafkaSettings, partitions: i32) -> anyhow::Result<()> {
         create_topics(
             ks,
-            &[(&self.topic, partitions), (&self.alerts, 1), (&self.dlq, 1)],
+            &[
+                (&self.topic, partitions),
+                (&self.alerts, 1),
+                (&self.statements, 1),
+                (&self.dlq, 1),
+            ],
         )
         .await
     }

@@ -4,7 +4,8 @@
 //! One room per role: [`rows`] encodes values and rows (RowBinary: `Decimal(38, 9)` as i128
 //! units of 1e-9, `DateTime('UTC')` as u32 seconds), [`queries`] holds every SQL statement of
 //! the crate, `write` writes flush batches ([`ClickHouse::write_batch`]) and `restore` reads
-//! a partition back on assignment ([`ClickHouse::restore`]). Other modules that read
+//! a partition back on assignment ([`ClickHouse::restore`]), [`statements`] reads stored
+//! statements back ([`ClickHouse::list_statements`]). Other modules that read
 //! ClickHouse (usage, wallets, Stripe, report, reconcile) take their statements from
 //! [`queries`] and run them through [`ClickHouse::client`].
 
@@ -18,10 +19,11 @@ use crate::config::ClickHouseSettings;
 pub mod queries;
 mod restore;
 pub mod rows;
+pub mod statements;
 mod write;
 
 pub use queries::MIGRATIONS;
-pub use rows::{AlertRow, RollupRow, dec9, dt, from_dec9, now_secs};
+pub use rows::{AlertRow, RollupRow, StatementRow, dec9, dt, from_dec9, now_secs};
 
 /// A ClickHouse failure, classified by [`SinkError::is_transient`]: transient ones (the
 /// server unreachable or hung, overloaded, 5xx) are retried with backoff; permanent ones

@@ -42,6 +42,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "008_subscription_details.sql",
         include_str!("../../../schemas/clickhouse/008_subscription_details.sql"),
     ),
+    (
+        "009_usage_statements.sql",
+        include_str!("../../../schemas/clickhouse/009_usage_statements.sql"),
+    ),
+    (
+        "010_analytics_views.sql",
+        include_str!("../../../schemas/clickhouse/010_analytics_views.sql"),
+    ),
 ];
 
 /// Per-row usage, one row per (tenant, meter, period, source partition) (CONTRACT section 5).
@@ -60,6 +68,16 @@ pub const STRIPE_REPORTS: &str = "stripe_reports";
 pub const SUBSCRIPTIONS: &str = "subscriptions";
 /// What subscription events carry beyond the `subscriptions` columns.
 pub const SUBSCRIPTION_DETAILS: &str = "subscription_details";
+/// Period-close usage statements, one row per line (CONTRACT section 10).
+pub const USAGE_STATEMENTS: &str = "usage_statements";
+/// The analysts' views over `usage_statements` (schemas/clickhouse/010_analytics_views.sql).
+pub const ANALYTICS_VIEWS: &[&str] = &[
+    "statement_lines",
+    "mrr_monthly",
+    "revenue_by_plan_kind",
+    "arpu_monthly",
+    "tenants_gained_lost",
+];
 
 /// `CREATE DATABASE` for `db`, run before the migrations.
 pub fn create_database(db: &str) -> String {
@@ -179,6 +197,44 @@ pub fn tenant_subscriptions(db: &str) -> String {
 /// Their details, [`DETAIL_COLUMNS`] (binds: tenant).
 pub fn tenant_subscription_details(db: &str) -> String {
     format!("SELECT {DETAIL_COLUMNS} FROM {db}.{SUBSCRIPTION_DETAILS} FINAL WHERE tenant_id = ?")
+}
+
+/// Restore: the (tenant, period) of a partition's restored rows whose statement is stored,
+/// `(tenant_id, period_start)` (binds: topic, partition, minimum period end).
+pub fn restore_stated(db: &str) -> String {
+    format!(
+        "SELECT DISTINCT tenant_id, toUInt32(period_start) FROM {db}.{USAGE_STATEMENTS} \
+         WHERE (tenant_id, period_start) IN \
+         (SELECT tenant_id, period_start FROM {db}.{ROLLUP_STATE} \
+          WHERE source_topic = ? AND source_partition = ? AND toUInt32(period_end) >= ?)"
+    )
+}
+
+/// The columns of `usage_statements` in table order (the shape of
+/// [`super::rows::StatementRow`]).
+const STATEMENT_COLUMNS: &str = "statement_id, tenant_id, plan, currency, period_start, \
+    period_end, line_kind, meter, item, quantity, amount, total, closed_at";
+
+/// The statements route: the lines of a tenant's newest statements, newest first, every
+/// column in table order ([`super::rows::StatementRow`]) (binds: tenant, tenant, how many
+/// statements).
+pub fn list_statements(db: &str) -> String {
+    format!(
+        "SELECT {STATEMENT_COLUMNS} FROM {db}.{USAGE_STATEMENTS} FINAL \
+         WHERE tenant_id = ? AND period_start IN \
+         (SELECT period_start FROM {db}.{USAGE_STATEMENTS} WHERE tenant_id = ? \
+          GROUP BY period_start ORDER BY period_start DESC LIMIT ?) \
+         ORDER BY period_start DESC"
+    )
+}
+
+/// `callmeter report`: every statement's lines, every column in table order
+/// ([`super::rows::StatementRow`]), ordered by tenant and period (binds nothing).
+pub fn report_statements(db: &str) -> String {
+    format!(
+        "SELECT {STATEMENT_COLUMNS} FROM {db}.{USAGE_STATEMENTS} FINAL \
+         ORDER BY tenant_id, period_start"
+    )
 }
 
 /// Restore: each tenant's earliest period on a partition, `(tenant_id, period_start)`
@@ -360,7 +416,8 @@ mod tests {
     fn migrations_name_only_the_callmeter_database() {
         for (name, sql) in MIGRATIONS {
             assert!(
-                sql.contains("CREATE TABLE IF NOT EXISTS callmeter."),
+                sql.contains("CREATE TABLE IF NOT EXISTS callmeter.")
+                    || sql.contains("CREATE VIEW IF NOT EXISTS callmeter."),
                 "{name}"
             );
             for banned in ["LowCardinality", "DateTime64", "JSON"] {
@@ -412,6 +469,9 @@ mod tests {
             stripe_usage(db, true),
             stripe_reported(db),
             stripe_pending(db),
+            restore_stated(db),
+            list_statements(db),
+            report_statements(db),
         ];
         for q in all {
             assert!(q.contains(" FROM x_db."), "{q}");
@@ -424,7 +484,8 @@ mod tests {
                             ROLLUP_STATE,
                             PARTITION_CHECKPOINTS,
                             CALL_EVENTS,
-                            STRIPE_REPORTS
+                            STRIPE_REPORTS,
+                            USAGE_STATEMENTS
                         ]
                         .contains(&t.trim_end_matches(')')),
                         "{q}"

@@ -1,5 +1,6 @@
 //! Restore reads: what a partition needs on assignment (its checkpoint, the rows of periods
-//! that can still take events, their alerts, each tenant's earliest period).
+//! that can still take events, their alerts and stored statements, each tenant's earliest
+//! period).
 
 use std::collections::HashMap;
 
@@ -98,6 +99,14 @@ impl ClickHouse {
             .bind(min_end as u32)
             .fetch_all()
             .await?;
+        let stated: Vec<(String, u32)> = self
+            .client
+            .query(&queries::restore_stated(&self.db))
+            .bind(topic)
+            .bind(partition as u32)
+            .bind(min_end as u32)
+            .fetch_all()
+            .await?;
         let first: Vec<(String, u32)> = self
             .client
             .query(&queries::restore_first_periods(&self.db))
@@ -120,6 +129,7 @@ impl ClickHouse {
             checkpoint: ck,
             committed: None,
             first_periods: first.into_iter().map(|(t, p)| (t, p as i64)).collect(),
+            stated: stated.into_iter().map(|(t, p)| (t, p as i64)).collect(),
         })
     }
 

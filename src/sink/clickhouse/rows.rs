@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SinkError;
 use crate::alerts::Alert;
+use crate::statement::Statement;
 
 /// Decimal -> units of 1e-9 (Decimal(38, 9) in RowBinary), exact for every value with at
 /// most 9 fraction digits (more are rounded half-up to 9): the mantissa times
@@ -171,6 +172,61 @@ pub(super) struct RawEventRow {
     pub(super) source_partition: u32,
     pub(super) source_offset: i64,
     pub(super) ingested_at: u32,
+}
+
+/// A row of `usage_statements`: one line of a statement.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct StatementRow {
+    pub statement_id: String,
+    pub tenant_id: String,
+    pub plan: String,
+    pub currency: String,
+    pub period_start: u32,
+    pub period_end: u32,
+    pub line_kind: String,
+    pub meter: String,
+    pub item: String,
+    pub quantity: i128,
+    pub amount: i128,
+    pub total: i128,
+    pub closed_at: u32,
+}
+
+impl StatementRow {
+    /// The rows of a statement: one per line, or for a statement without lines one row
+    /// with `line_kind` = '' and zero quantity and amount. A missing meter or item is ''.
+    pub fn from_statement(s: &Statement) -> Vec<StatementRow> {
+        let row = |kind: &str, meter: &str, item: &str, quantity, amount| StatementRow {
+            statement_id: s.statement_id.clone(),
+            tenant_id: s.tenant_id.clone(),
+            plan: s.plan.clone(),
+            currency: s.currency.clone(),
+            period_start: dt(s.period.start),
+            period_end: dt(s.period.end),
+            line_kind: kind.to_string(),
+            meter: meter.to_string(),
+            item: item.to_string(),
+            quantity: dec9(quantity),
+            amount: dec9(amount),
+            total: dec9(s.total),
+            closed_at: dt(s.closed_at),
+        };
+        if s.lines.is_empty() {
+            return vec![row("", "", "", Decimal::ZERO, Decimal::ZERO)];
+        }
+        s.lines
+            .iter()
+            .map(|l| {
+                row(
+                    &l.kind,
+                    l.meter.as_deref().unwrap_or(""),
+                    l.item.as_deref().unwrap_or(""),
+                    l.quantity,
+                    l.amount,
+                )
+            })
+            .collect()
+    }
 }
 
 impl AlertRow {

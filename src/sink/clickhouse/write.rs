@@ -1,15 +1,16 @@
 //! Batch writes: a flush batch in order, and alerts alone (the wallet service's).
 //!
 //! A flush writes, in order: alerts, raw events (optional), `subscription_details` and
-//! `subscriptions`, `rollup_state`, `usage_rollups`, `partition_checkpoints`. Each step is idempotent (replacing tables), so a failed flush is
-//! retried whole.
+//! `subscriptions`, `rollup_state`, `usage_rollups`, `usage_statements`,
+//! `partition_checkpoints`. Each step is idempotent (replacing tables; a statement written
+//! again is the same rows), so a failed flush is retried whole.
 
 use super::queries::{
     CALL_EVENTS, PARTITION_CHECKPOINTS, ROLLUP_STATE, SUBSCRIPTION_DETAILS, SUBSCRIPTIONS,
-    USAGE_ALERTS, USAGE_ROLLUPS,
+    USAGE_ALERTS, USAGE_ROLLUPS, USAGE_STATEMENTS,
 };
 use super::rows::{
-    AlertRow, CheckpointRow, RawEventRow, RollupRow, StateRow, SubscriptionDetailRow,
+    AlertRow, CheckpointRow, RawEventRow, RollupRow, StateRow, StatementRow, SubscriptionDetailRow,
     SubscriptionRow, dec9, dt, now_secs,
 };
 use super::{ClickHouse, SinkError};
@@ -122,6 +123,9 @@ impl ClickHouse {
             }
             ins.end().await?;
         }
+        if !batch.statements.is_empty() {
+            self.insert_statements(&batch.statements).await?;
+        }
         if !batch.checkpoints.is_empty() {
             let mut ins = self
                 .client
@@ -140,6 +144,21 @@ impl ClickHouse {
             }
             ins.end().await?;
         }
+        Ok(())
+    }
+
+    /// Inserts statements into `usage_statements` (one row per line).
+    pub async fn insert_statements(
+        &self,
+        statements: &[crate::statement::Statement],
+    ) -> Result<(), SinkError> {
+        let mut ins = self.client.insert::<StatementRow>(USAGE_STATEMENTS).await?;
+        for s in statements {
+            for r in StatementRow::from_statement(s) {
+                ins.write(&r).await?;
+            }
+        }
+        ins.end().await?;
         Ok(())
     }
 

@@ -582,6 +582,8 @@ pub struct World {
     pub topic: String,
     pub dlq: String,
     pub alerts: String,
+    /// The period-close statements topic (`kafka.statements_topic`).
+    pub statements: String,
     pub group: String,
     pub api_port: u16,
     pub dir: PathBuf,
@@ -621,6 +623,7 @@ impl World {
         let w = World::without_output_topics(name, partitions, brokers, ch);
         create_topic(brokers, &w.dlq, 1);
         create_topic(brokers, &w.alerts, 1);
+        create_topic(brokers, &w.statements, 1);
         w
     }
 
@@ -635,6 +638,7 @@ impl World {
             topic: format!("{id}.events"),
             dlq: format!("{id}.dlq"),
             alerts: format!("{id}.alerts"),
+            statements: format!("{id}.statements"),
             group: format!("{id}.group"),
             api_port: free_port(),
             dir: test_root().join(&id),
@@ -673,6 +677,7 @@ group_id = "{group}"
 topic = "{topic}"
 dlq_topic = "{dlq}"
 alerts_topic = "{alerts}"
+statements_topic = "{statements}"
 
 [clickhouse]
 url = "{ch}"
@@ -700,6 +705,7 @@ tokens = ["test-token"]
             topic = self.topic,
             dlq = self.dlq,
             alerts = self.alerts,
+            statements = self.statements,
             ch = self.clickhouse_url,
             db = self.database,
             clickhouse_extra = self.sections.get("clickhouse").cloned().unwrap_or_default(),
