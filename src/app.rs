@@ -50,7 +50,12 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let handle = rt.handle();
-    let tokens = Arc::new(ArcSwap::from_pointee(config.settings.api.tokens.clone()));
+    let tokens = crate::api::auth::ApiTokens {
+        read: Arc::new(ArcSwap::from_pointee(config.settings.api.tokens.clone())),
+        admin: Arc::new(ArcSwap::from_pointee(
+            config.settings.api.admin_tokens.clone(),
+        )),
+    };
     // Prepaid wallets: balances derived from the rollups, alerts to the alerts topic.
     let alert_sink =
         AlertSink::new(&config.settings.kafka).context("creating the wallet alert producer")?;
@@ -72,6 +77,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         telemetry,
         ch: ch.clone(),
         tokens: tokens.clone(),
+        portal: crate::api::portal::Portal::from_settings(&config.settings),
         wallets: Some(wallets),
     };
     tasks.spawn_on(
@@ -180,7 +186,7 @@ async fn migrate(ch: &ClickHouse, config: &Config) {
 }
 
 /// The API tokens in effect (reloadable).
-type Tokens = Arc<ArcSwap<Vec<String>>>;
+type Tokens = crate::api::auth::ApiTokens;
 
 /// Watches the config file's modification time every `every` and reloads when it changes,
 /// until `stop`.
@@ -232,11 +238,12 @@ async fn signals(path: PathBuf, shared: Arc<Shared>, tokens: Tokens, shutdown: C
     }
 }
 
-/// Reloads meters' plans, tenants and API tokens (SIGHUP, or the file changed). A config
+/// Reloads meters' plans, tenants and API tokens, read and admin (SIGHUP, or the file
+/// changed); the portal secret takes effect at the next start. A config
 /// that does not validate, or that changes meter definitions (they need a restart), is
 /// rejected with the reason logged and the old one kept. Other settings (Kafka,
 /// ClickHouse, pipeline) take effect at the next start.
-pub fn reload(path: &Path, shared: &Shared, tokens: &ArcSwap<Vec<String>>) {
+pub fn reload(path: &Path, shared: &Shared, tokens: &Tokens) {
     let loaded = Config::load(path).and_then(|c| {
         shared.catalog().reloadable_to(&c.catalog)?;
         Ok(c)
@@ -244,7 +251,10 @@ pub fn reload(path: &Path, shared: &Shared, tokens: &ArcSwap<Vec<String>>) {
     match loaded {
         Ok(c) => {
             shared.set_catalog(c.catalog.clone());
-            tokens.store(Arc::new(c.settings.api.tokens.clone()));
+            tokens.read.store(Arc::new(c.settings.api.tokens.clone()));
+            tokens
+                .admin
+                .store(Arc::new(c.settings.api.admin_tokens.clone()));
             metrics::counter!(t::CONFIG_RELOADS, "result" => "ok").increment(1);
             tracing::info!(path = %path.display(), "configuration reloaded");
         }

@@ -1,7 +1,9 @@
 //! The bearer-auth layer of `/v1/*` (CONTRACT section 6): a request passes when its
-//! `Authorization: Bearer <token>` names one of the configured tokens (compared in constant
-//! time; swapped on configuration reload), else it is answered 401
-//! ([`ApiError::Unauthorized`]) before any handler runs.
+//! `Authorization: Bearer <token>` names one of the configured read tokens or admin tokens
+//! (compared in constant time; swapped on configuration reload), else it is answered 401
+//! ([`ApiError::Unauthorized`]) before any handler runs. Write handlers also check
+//! [`is_admin`] (403 otherwise). Portal tokens are not accepted here: the portal routes
+//! check them themselves ([`super::portal`]).
 
 use std::sync::Arc;
 
@@ -16,30 +18,42 @@ use super::error::ApiError;
 /// The tokens `/v1/*` accepts.
 pub type Tokens = Arc<ArcSwap<Vec<String>>>;
 
+/// The read tokens and the admin tokens (`[api] tokens`, `[api] admin_tokens`).
+#[derive(Clone)]
+pub struct ApiTokens {
+    pub read: Tokens,
+    pub admin: Tokens,
+}
+
 /// Middleware (`axum::middleware::from_fn_with_state`): runs `next` only for an authorized
-/// request.
-pub async fn require_bearer(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
-    if !authorized(&tokens, req.headers()) {
+/// request (a read or an admin token).
+pub async fn require_bearer(State(tokens): State<ApiTokens>, req: Request, next: Next) -> Response {
+    if !authorized(&tokens.read, req.headers()) && !authorized(&tokens.admin, req.headers()) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
 }
 
+/// Whether the request's bearer token is one of the admin tokens.
+pub fn is_admin(tokens: &ApiTokens, headers: &HeaderMap) -> bool {
+    authorized(&tokens.admin, headers)
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed; None without one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = v.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
 fn authorized(tokens: &Tokens, headers: &HeaderMap) -> bool {
-    let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(token) = v.strip_prefix("Bearer ").map(str::trim) else {
+    let Some(token) = bearer(headers) else {
         return false;
     };
     let tokens = tokens.load();
-    !token.is_empty()
-        && tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    tokens
+        .iter()
+        .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -22,6 +22,22 @@ pub enum ApiError {
     /// 401: no `Authorization: Bearer` header, or not one of the configured tokens.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// 403: a write route with a token not in `[api] admin_tokens`.
+    #[error("this route needs one of [api] admin_tokens")]
+    Forbidden,
+    /// 401: a portal route without a valid portal token (missing, forged, expired: not
+    /// told apart).
+    #[error("missing, forged or expired portal token")]
+    PortalUnauthorized,
+    /// 503: `api.portal_secret` is empty.
+    #[error("the tenant portal is off: set api.portal_secret to turn it on")]
+    PortalOff,
+    /// 400: a request body or parameter that does not parse or is out of range.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 503: the tenant's statements could not be read from ClickHouse.
+    #[error("statements unavailable: {0}")]
+    Statements(#[source] crate::sink::clickhouse::SinkError),
     /// 400: `?at=` is not RFC 3339 with an offset.
     #[error("`at` must be RFC 3339 with an offset: {0}")]
     BadAt(#[source] chrono::ParseError),
@@ -46,8 +62,10 @@ impl ApiError {
     /// The status code of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::BadAt(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized | ApiError::PortalUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::BadAt(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PortalOff | ApiError::Statements(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnknownTenant(_) | ApiError::UnknownMeter(_) => StatusCode::NOT_FOUND,
             ApiError::TenantLookup(_) | ApiError::Usage(_) | ApiError::Alerts(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

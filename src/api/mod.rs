@@ -3,7 +3,8 @@
 //! [`ApiDoc`], kept in `schemas/openapi.json` (a test checks that the file matches the code).
 //!
 //! Rooms: this file holds the state and the router; [`routes`] the handlers (health, usage,
-//! entitlement), [`auth`] the bearer-auth layer in front of `/v1/*`, [`error`] the error
+//! entitlement, statements), [`portal`] the tenant portal (tokens, the page, its JSON
+//! routes), [`auth`] the bearer-auth layer in front of `/v1/*`, [`error`] the error
 //! answers ([`ApiError`]), [`openapi`] the document.
 //!
 //! Usage comes from memory when this instance holds the tenant's rows for the period, else
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::sink::clickhouse::ClickHouse;
 use crate::state::Shared;
@@ -37,6 +38,7 @@ use crate::telemetry::Telemetry;
 pub mod auth;
 pub mod error;
 pub mod openapi;
+pub mod portal;
 pub mod routes;
 
 pub use error::{ApiError, ErrorBody};
@@ -51,14 +53,17 @@ pub struct ApiState {
     pub shared: Arc<Shared>,
     pub telemetry: Telemetry,
     pub ch: ClickHouse,
-    /// Bearer tokens for `/v1/*` (swapped on configuration reload).
-    pub tokens: auth::Tokens,
+    /// Read and admin bearer tokens for `/v1/*` (swapped on configuration reload).
+    pub tokens: auth::ApiTokens,
+    /// The tenant portal's secret and settings.
+    pub portal: portal::Portal,
     /// Wallet balances, when the wallet service runs.
     pub wallets: Option<Arc<crate::wallet::Wallets>>,
 }
 
 /// The router of CONTRACT section 6: `/v1/*` behind the bearer-auth layer (a route layer, so
-/// an unknown path stays 404).
+/// an unknown path stays 404), except the two portal routes, which take a portal token
+/// instead; the portal page at `/portal/`.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route(
@@ -69,6 +74,11 @@ pub fn router(state: ApiState) -> Router {
             "/v1/tenants/{tenant}/entitlements/{meter}",
             get(routes::entitlement::entitlement),
         )
+        .route(
+            "/v1/tenants/{tenant}/statements",
+            get(routes::statements::statements),
+        )
+        .route("/v1/portal/tokens", post(portal::create_token))
         .route_layer(from_fn_with_state(
             state.tokens.clone(),
             auth::require_bearer,
@@ -77,6 +87,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
+        .route("/v1/portal/usage", get(portal::usage))
+        .route("/v1/portal/statements", get(portal::statements))
+        .route("/portal/", get(portal::page))
+        .route("/portal", get(portal::page))
         .merge(v1)
         .with_state(state)
 }

@@ -4,8 +4,13 @@
 use utoipa::OpenApi;
 
 use super::error::ErrorBody;
+use super::portal::{
+    __path_create_token, __path_statements as __path_portal_statements,
+    __path_usage as __path_portal_usage, TokenRequest, TokenResponse,
+};
 use super::routes::entitlement::__path_entitlement;
 use super::routes::health::{__path_healthz, __path_metrics, __path_readyz};
+use super::routes::statements::{__path_statements, StatementBody, StatementLineBody};
 use super::routes::tenant_usage::{
     __path_usage, MeterUsageBody, PeriodBody, UsageBody, WalletBody,
 };
@@ -18,7 +23,17 @@ use crate::pricing::{self, Charges};
         title = "callmeter",
         description = "Live usage, charges and entitlements of a callmeter instance (CONTRACT section 6). Decimals are JSON strings; money has 2 decimals."
     ),
-    paths(healthz, readyz, metrics, usage, entitlement),
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        usage,
+        entitlement,
+        statements,
+        create_token,
+        portal_usage,
+        portal_statements
+    ),
     components(schemas(
         UsageBody,
         PeriodBody,
@@ -27,6 +42,10 @@ use crate::pricing::{self, Charges};
         Charges,
         pricing::ChargeLine,
         pricing::Entitlement,
+        StatementBody,
+        StatementLineBody,
+        TokenRequest,
+        TokenResponse,
         ErrorBody
     )),
     modifiers(&BearerAuth)
@@ -44,7 +63,16 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("One of `[api] tokens` (or CALLMETER_API__TOKENS)."))
+                    .description(Some("One of `[api] tokens` or `[api] admin_tokens` (or CALLMETER_API__TOKENS, CALLMETER_API__ADMIN_TOKENS); writes need an admin token."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "portal",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A portal token from `POST /v1/portal/tokens`: opens its tenant's portal routes only."))
                     .build(),
             ),
         );

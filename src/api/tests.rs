@@ -81,7 +81,11 @@ async fn server(config: &str, events: &[String]) -> Server {
         shared: shared.clone(),
         telemetry: Telemetry::install(),
         ch: ClickHouse::new(&c.settings.clickhouse),
-        tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["tok".to_string()])),
+        tokens: auth::ApiTokens {
+            read: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["tok".to_string()])),
+            admin: Arc::new(arc_swap::ArcSwap::from_pointee(vec![])),
+        },
+        portal: portal::Portal::default(),
         wallets: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -294,7 +298,11 @@ fn openapi_document_is_in_sync() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/portal/statements",
+            "/v1/portal/tokens",
+            "/v1/portal/usage",
             "/v1/tenants/{tenant}/entitlements/{meter}",
+            "/v1/tenants/{tenant}/statements",
             "/v1/tenants/{tenant}/usage"
         ]
     );
@@ -320,6 +328,21 @@ fn openapi_document_is_in_sync() {
             "wallet"
         ]
     );
+    assert_eq!(
+        props("StatementBody"),
+        [
+            "closed_at",
+            "currency",
+            "lines",
+            "period_end",
+            "period_start",
+            "plan",
+            "statement_id",
+            "tenant_id",
+            "total"
+        ]
+    );
+    assert_eq!(props("TokenResponse"), ["expires_at", "token", "url"]);
     assert_eq!(
         props("MeterUsageBody"),
         ["alerts", "limit", "meter", "ratio", "remaining", "usage"]

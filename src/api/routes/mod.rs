@@ -1,5 +1,5 @@
 //! The handlers of the HTTP API, one file per concern: [`health`] (liveness, readiness,
-//! metrics), [`tenant_usage`] (the usage answer) and [`entitlement`]; and the look-ups both
+//! metrics), [`tenant_usage`] (the usage answer), [`entitlement`] and [`statements`]; and the look-ups both
 //! tenant routes share. `/v1/*` handlers run behind the bearer-auth layer
 //! ([`super::auth`]) and fail with [`ApiError`].
 
@@ -13,13 +13,14 @@ use crate::usage;
 
 pub mod entitlement;
 pub mod health;
+pub mod statements;
 pub mod tenant_usage;
 
 /// Resolves a tenant: configured, or on the default plan and seen (here or in ClickHouse).
 ///
 /// Errors: [`ApiError::UnknownTenant`]; [`ApiError::TenantLookup`] when ClickHouse was needed
 /// and could not be read.
-async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
+pub(crate) async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
     let cat = s.shared.catalog();
     if let Some(t) = cat.tenants.get(id) {
         return Ok(t.clone());

@@ -18,10 +18,12 @@ use crate::config::ClickHouseSettings;
 pub mod queries;
 mod restore;
 pub mod rows;
+pub mod statements;
 mod write;
 
 pub use queries::MIGRATIONS;
-pub use rows::{AlertRow, RollupRow, dec9, dt, from_dec9, now_secs};
+pub use rows::{AlertRow, RollupRow, dec9, dt, from_dec9, now_secs, stored_event_json};
+pub use statements::{StoredLine, StoredStatement};
 
 /// A ClickHouse failure. All are retryable from the pipeline's point of view (the server may
 /// come back, a missing table may be migrated); the flag tells operators what to expect.

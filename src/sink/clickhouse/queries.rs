@@ -34,6 +34,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "006_stripe_reports.sql",
         include_str!("../../../schemas/clickhouse/006_stripe_reports.sql"),
     ),
+    (
+        "007_usage_statements.sql",
+        include_str!("../../../schemas/clickhouse/007_usage_statements.sql"),
+    ),
 ];
 
 /// Per-row usage, one row per (tenant, meter, period, source partition) (CONTRACT section 5).
@@ -48,6 +52,8 @@ pub const PARTITION_CHECKPOINTS: &str = "partition_checkpoints";
 pub const CALL_EVENTS: &str = "call_events";
 /// The ledger of Stripe reports.
 pub const STRIPE_REPORTS: &str = "stripe_reports";
+/// Closed periods' statements, one row per line (CONTRACT section 10).
+pub const USAGE_STATEMENTS: &str = "usage_statements";
 
 /// `CREATE DATABASE` for `db`, run before the migrations.
 pub fn create_database(db: &str) -> String {
@@ -242,6 +248,30 @@ pub fn reconcile_rollups(db: &str) -> String {
     )
 }
 
+/// Statements: the lines of a tenant's newest statements, newest first, `(statement_id,
+/// plan, currency, period_start, period_end, line_kind, meter, item, quantity, amount,
+/// total, closed_at)` (binds: tenant, tenant, how many statements).
+pub fn tenant_statements(db: &str) -> String {
+    format!(
+        "SELECT statement_id, plan, currency, toUInt32(period_start), toUInt32(period_end), \
+         line_kind, meter, item, quantity, amount, total, toUInt32(closed_at) \
+         FROM {db}.{USAGE_STATEMENTS} FINAL WHERE tenant_id = ? AND period_start IN \
+         (SELECT period_start FROM {db}.{USAGE_STATEMENTS} WHERE tenant_id = ? \
+          GROUP BY period_start ORDER BY period_start DESC LIMIT ?) \
+         ORDER BY period_start DESC, line_kind, meter, item"
+    )
+}
+
+/// Portal: a tenant's stored raw events in a time window, for daily usage, `(source,
+/// event_id, type, time_us, data)`, at most a given number (binds: tenant, from, to, in
+/// seconds, `to` exclusive, then the row limit).
+pub fn tenant_raw_events(db: &str) -> String {
+    format!(
+        "SELECT source, event_id, type, time_us, data FROM {db}.{CALL_EVENTS} FINAL \
+         WHERE tenant_id = ? AND toUInt32(time) >= ? AND toUInt32(time) < ? LIMIT ?"
+    )
+}
+
 /// `callmeter bench`: events counted on a topic, `sum(event_count)` of the `calls` meter
 /// (binds: topic).
 pub fn bench_stored_calls(db: &str) -> String {
@@ -356,6 +386,8 @@ mod tests {
             stripe_usage(db, true),
             stripe_reported(db),
             stripe_pending(db),
+            tenant_statements(db),
+            tenant_raw_events(db),
         ];
         for q in all {
             assert!(q.contains(" FROM x_db."), "{q}");
@@ -368,7 +400,8 @@ mod tests {
                             ROLLUP_STATE,
                             PARTITION_CHECKPOINTS,
                             CALL_EVENTS,
-                            STRIPE_REPORTS
+                            STRIPE_REPORTS,
+                            USAGE_STATEMENTS
                         ]
                         .contains(&t.trim_end_matches(')')),
                         "{q}"
