@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::auth::AuthTokens;
 use crate::config::Config;
 use crate::ingest::outbox::AlertSink;
 use crate::sink::clickhouse::ClickHouse;
@@ -50,7 +51,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let handle = rt.handle();
-    let tokens = crate::api::auth::ApiTokens {
+    let tokens = AuthTokens {
         read: Arc::new(ArcSwap::from_pointee(config.settings.api.tokens.clone())),
         admin: Arc::new(ArcSwap::from_pointee(
             config.settings.api.admin_tokens.clone(),
@@ -76,7 +77,8 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         shared: shared.clone(),
         telemetry,
         ch: ch.clone(),
-        tokens: tokens.clone(),
+        tokens: tokens.read.clone(),
+        admin_tokens: tokens.admin.clone(),
         portal: crate::api::portal::Portal::from_settings(&config.settings),
         wallets: Some(wallets),
     };
@@ -185,8 +187,8 @@ async fn migrate(ch: &ClickHouse, config: &Config) {
     }
 }
 
-/// The API tokens in effect (reloadable).
-type Tokens = crate::api::auth::ApiTokens;
+/// The API tokens in effect (reloadable): read and admin.
+type Tokens = AuthTokens;
 
 /// Watches the config file's modification time every `every` and reloads when it changes,
 /// until `stop`.
@@ -243,7 +245,7 @@ async fn signals(path: PathBuf, shared: Arc<Shared>, tokens: Tokens, shutdown: C
 /// that does not validate, or that changes meter definitions (they need a restart), is
 /// rejected with the reason logged and the old one kept. Other settings (Kafka,
 /// ClickHouse, pipeline) take effect at the next start.
-pub fn reload(path: &Path, shared: &Shared, tokens: &Tokens) {
+pub fn reload(path: &Path, shared: &Shared, tokens: &AuthTokens) {
     let loaded = Config::load(path).and_then(|c| {
         shared.catalog().reloadable_to(&c.catalog)?;
         Ok(c)

@@ -1,7 +1,9 @@
--- Usage statements (CONTRACT section 10): one row per charge line of a closed usage period,
--- every row of a statement carrying its statement_id, plan, currency and total.
--- statement_id is a deterministic function of (tenant_id, period_start): a re-emitted
--- statement collapses onto the same rows. meter and item are '' when a line has none.
+-- Period-close usage statements (CONTRACT section 10): one row per charge line of a closed
+-- usage period, with the statement's total repeated on each line. statement_id is a
+-- deterministic function of (tenant_id, period_start), so a statement made again after a
+-- crash is the same rows and collapses under FINAL. A statement without charges is one row
+-- with line_kind = '' (quantity, amount and total 0). meter and item are '' when the line has
+-- none. closed_at = period_end + pipeline.late_event_grace.
 CREATE TABLE IF NOT EXISTS callmeter.usage_statements
 (
     statement_id String,

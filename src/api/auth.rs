@@ -1,9 +1,8 @@
 //! The bearer-auth layer of `/v1/*` (CONTRACT section 6): a request passes when its
-//! `Authorization: Bearer <token>` names one of the configured read tokens or admin tokens
+//! `Authorization: Bearer <token>` names one of the configured tokens or admin tokens
 //! (compared in constant time; swapped on configuration reload), else it is answered 401
-//! ([`ApiError::Unauthorized`]) before any handler runs. Write handlers also check
-//! [`is_admin`] (403 otherwise). Portal tokens are not accepted here: the portal routes
-//! check them themselves ([`super::portal`]).
+//! ([`ApiError::Unauthorized`]) before any handler runs. Write routes also check
+//! [`is_admin`] (a read token gets 403, [`ApiError::Forbidden`]).
 
 use std::sync::Arc;
 
@@ -18,28 +17,33 @@ use super::error::ApiError;
 /// The tokens `/v1/*` accepts.
 pub type Tokens = Arc<ArcSwap<Vec<String>>>;
 
-/// The read tokens and the admin tokens (`[api] tokens`, `[api] admin_tokens`).
+/// The read tokens and the admin tokens.
 #[derive(Clone)]
-pub struct ApiTokens {
+pub struct AuthTokens {
     pub read: Tokens,
     pub admin: Tokens,
 }
 
 /// Middleware (`axum::middleware::from_fn_with_state`): runs `next` only for an authorized
 /// request (a read or an admin token).
-pub async fn require_bearer(State(tokens): State<ApiTokens>, req: Request, next: Next) -> Response {
+pub async fn require_bearer(
+    State(tokens): State<AuthTokens>,
+    req: Request,
+    next: Next,
+) -> Response {
     if !authorized(&tokens.read, req.headers()) && !authorized(&tokens.admin, req.headers()) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
 }
 
-/// Whether the request's bearer token is one of the admin tokens.
-pub fn is_admin(tokens: &ApiTokens, headers: &HeaderMap) -> bool {
-    authorized(&tokens.admin, headers)
+/// Whether the request's bearer token is one of `admin` (may write).
+pub fn is_admin(admin: &Tokens, headers: &HeaderMap) -> bool {
+    authorized(admin, headers)
 }
 
-/// The token of an `Authorization: Bearer <token>` header, trimmed; None without one.
+/// The token of an `Authorization: Bearer <token>` header, trimmed; None without one (the
+/// portal routes check it against their own credential, [`super::portal::token`]).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = v.strip_prefix("Bearer ")?.trim();
@@ -47,13 +51,20 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn authorized(tokens: &Tokens, headers: &HeaderMap) -> bool {
-    let Some(token) = bearer(headers) else {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(token) = v.strip_prefix("Bearer ").map(str::trim) else {
         return false;
     };
     let tokens = tokens.load();
-    tokens
-        .iter()
-        .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    !token.is_empty()
+        && tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

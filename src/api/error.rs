@@ -22,8 +22,8 @@ pub enum ApiError {
     /// 401: no `Authorization: Bearer` header, or not one of the configured tokens.
     #[error("missing or invalid bearer token")]
     Unauthorized,
-    /// 403: a write route with a token not in `[api] admin_tokens`.
-    #[error("this route needs one of [api] admin_tokens")]
+    /// 403: a write route with a token that may only read.
+    #[error("this route needs one of api.admin_tokens")]
     Forbidden,
     /// 401: a portal route without a valid portal token (missing, forged, expired: not
     /// told apart).
@@ -32,8 +32,8 @@ pub enum ApiError {
     /// 503: `api.portal_secret` is empty.
     #[error("the tenant portal is off: set api.portal_secret to turn it on")]
     PortalOff,
-    /// 400: a request body or parameter that does not parse or is out of range.
-    #[error("bad request: {0}")]
+    /// 400: the request body or a header is malformed.
+    #[error("{0}")]
     BadRequest(String),
     /// 503: the tenant's statements could not be read from ClickHouse.
     #[error("statements unavailable: {0}")]

@@ -53,8 +53,10 @@ pub struct ApiState {
     pub shared: Arc<Shared>,
     pub telemetry: Telemetry,
     pub ch: ClickHouse,
-    /// Read and admin bearer tokens for `/v1/*` (swapped on configuration reload).
-    pub tokens: auth::ApiTokens,
+    /// Bearer tokens for `/v1/*` (swapped on configuration reload).
+    pub tokens: auth::Tokens,
+    /// Tokens that may also write (`api.admin_tokens`; swapped on reload).
+    pub admin_tokens: auth::Tokens,
     /// The tenant portal's secret and settings.
     pub portal: portal::Portal,
     /// Wallet balances, when the wallet service runs.
@@ -80,7 +82,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/portal/tokens", post(portal::create_token))
         .route_layer(from_fn_with_state(
-            state.tokens.clone(),
+            auth::AuthTokens {
+                read: state.tokens.clone(),
+                admin: state.admin_tokens.clone(),
+            },
             auth::require_bearer,
         ));
     Router::new()

@@ -10,7 +10,9 @@ use super::portal::{
 };
 use super::routes::entitlement::__path_entitlement;
 use super::routes::health::{__path_healthz, __path_metrics, __path_readyz};
-use super::routes::statements::{__path_statements, StatementBody, StatementLineBody};
+use super::routes::statements::{
+    __path_statements, StatementBody, StatementLineBody, StatementsBody,
+};
 use super::routes::tenant_usage::{
     __path_usage, MeterUsageBody, PeriodBody, UsageBody, WalletBody,
 };
@@ -42,6 +44,7 @@ use crate::pricing::{self, Charges};
         Charges,
         pricing::ChargeLine,
         pricing::Entitlement,
+        StatementsBody,
         StatementBody,
         StatementLineBody,
         TokenRequest,

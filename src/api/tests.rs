@@ -81,10 +81,8 @@ async fn server(config: &str, events: &[String]) -> Server {
         shared: shared.clone(),
         telemetry: Telemetry::install(),
         ch: ClickHouse::new(&c.settings.clickhouse),
-        tokens: auth::ApiTokens {
-            read: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["tok".to_string()])),
-            admin: Arc::new(arc_swap::ArcSwap::from_pointee(vec![])),
-        },
+        tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["tok".to_string()])),
+        admin_tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["admin".to_string()])),
         portal: portal::Portal::default(),
         wallets: None,
     };

@@ -251,8 +251,9 @@ pub struct ApiSettings {
     pub listen: String,
     /// Bearer tokens that may read `/v1/*`.
     pub tokens: Vec<String>,
-    /// Bearer tokens that may also write (`PUT` subscriptions, `POST /v1/portal/tokens`);
-    /// a token listed only in `tokens` gets 403 there.
+    /// Tokens that may also write (`PUT /v1/tenants/{tenant}/subscription`, `POST
+    /// /v1/portal/tokens`); a token only in `tokens` gets 403 there
+    /// (`CALLMETER_API__ADMIN_TOKENS`).
     pub admin_tokens: Vec<String>,
     /// The HMAC-SHA256 key of portal tokens (`CALLMETER_API__PORTAL_SECRET`); empty: no
     /// portal (its routes answer 503). At least 32 bytes when set.

@@ -451,7 +451,7 @@ fn portal_and_admin_settings() {
         "api.portal_secret"
     );
     assert_eq!(
-        err("[api]\nadmin_tokens = [\" \"]\n").key,
+        err("[api]\nadmin_tokens = [\"\"]\n").key,
         "api.admin_tokens"
     );
     for bad in [

@@ -88,7 +88,7 @@ pub(super) fn runtime(s: &Settings) -> Result<(), ConfigError> {
     if s.api.tokens.iter().any(|t| t.is_empty()) {
         return Err(ConfigError::new("api.tokens", "tokens must not be empty"));
     }
-    if s.api.admin_tokens.iter().any(|t| t.trim().is_empty()) {
+    if s.api.admin_tokens.iter().any(|t| t.is_empty()) {
         return Err(ConfigError::new(
             "api.admin_tokens",
             "tokens must not be empty",

@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod malformed;
 mod outbox;
+mod portal;
 mod pricing;
 mod prometheus;
 mod realdata;

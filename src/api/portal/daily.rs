@@ -20,7 +20,7 @@ use crate::pricing::Tenant;
 use crate::sink::clickhouse::{ClickHouse, SinkError, dt, queries, stored_event_json};
 
 /// The most stored events read for one chart.
-pub const MAX_EVENTS: u64 = 500_000;
+pub const MAX_EVENTS: u64 = 200_000;
 
 /// Why there is no daily series.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +184,7 @@ mod tests {
             )
         };
         let events = vec![
-            // 23:30 on Feb 1 local is still Feb 1, although Jan 31 21:30 ... UTC differs.
+            // Days are local: 00:30 on Feb 1 in Israel is Jan 31 in UTC, yet Feb 1 here.
             ev("a", "1999-02-01T00:30:00+02:00", 60_000),
             ev("b", "1999-02-01T23:30:00+02:00", 120_000),
             ev("c", "1999-02-02T00:10:00+02:00", 30_000),

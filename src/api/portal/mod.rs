@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
@@ -37,7 +37,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody};
-use super::routes::statements::{LimitQuery, StatementBody, parse_limit, statements_body};
+use super::routes::statements::{LimitQuery, StatementsBody};
 use super::routes::tenant_of;
 use super::routes::tenant_usage::{AtQuery, USAGE_SOURCE_HEADER, parse_at, usage_body};
 use crate::config::Settings;
@@ -117,7 +117,7 @@ pub async fn create_token(
     headers: HeaderMap,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    if !super::auth::is_admin(&s.tokens, &headers) {
+    if !super::auth::is_admin(&s.admin_tokens, &headers) {
         return Err(ApiError::Forbidden);
     }
     if !s.portal.is_on() {
@@ -210,7 +210,7 @@ pub async fn usage(
     path = "/v1/portal/statements",
     params(LimitQuery),
     responses(
-        (status = 200, description = "Statements, newest first", body = [StatementBody]),
+        (status = 200, description = "Statements, newest first", body = StatementsBody),
         (status = 400, description = "Bad `limit`", body = ErrorBody),
         (status = 401, description = "Missing, forged or expired portal token", body = ErrorBody),
         (status = 404, description = "The token's tenant is unknown", body = ErrorBody),
@@ -224,10 +224,9 @@ pub async fn statements(
     Query(q): Query<LimitQuery>,
 ) -> Result<Response, ApiError> {
     let t = portal_tenant(&s, super::auth::bearer(&headers)).await?;
-    let limit = parse_limit(&q)?;
-    Ok(no_store(
-        Json(statements_body(&s, &t, limit).await?).into_response(),
-    ))
+    let answer =
+        super::routes::statements::statements(State(s), Path(t.id.to_string()), Query(q)).await?;
+    Ok(no_store(answer.into_response()))
 }
 
 /// The query of the page.
@@ -295,7 +294,13 @@ async fn page_body(s: &ApiState, q: &PageQuery) -> Result<String, ApiError> {
         .filter_map(|m| cat.meter_id(&m.meter))
         .collect();
     let daily = daily::daily_usage(&s.ch, s.portal.raw_events, &cat, &t, period, &mids).await;
-    let statements = statements_body(s, &t, super::routes::statements::DEFAULT_LIMIT).await;
+    let statements = super::routes::statements::statements(
+        State(s.clone()),
+        Path(t.id.to_string()),
+        Query(LimitQuery::default()),
+    )
+    .await
+    .map(|Json(b)| serde_json::to_value(b).unwrap_or_default());
     let generated_at = Utc::now()
         .with_timezone(&t.tz)
         .to_rfc3339_opts(SecondsFormat::Secs, false);
@@ -306,7 +311,7 @@ async fn page_body(s: &ApiState, q: &PageQuery) -> Result<String, ApiError> {
             daily::DailyError::ClickHouse(_) => "ClickHouse could not be read".to_string(),
         }),
         statements: statements
-            .as_deref()
+            .as_ref()
             .map_err(|_| "ClickHouse could not be read".to_string()),
         upgrade_url: s.portal.upgrade_url.as_deref(),
         hard_limits: &hard_limits,

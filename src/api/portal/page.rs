@@ -24,7 +24,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::daily::Daily;
-use crate::api::routes::statements::StatementBody;
 
 /// Escapes text for HTML content and double- or single-quoted attribute values.
 pub fn esc(s: &str) -> String {
@@ -55,7 +54,7 @@ h1{font-size:1.5rem;margin:.2em 0}h2{font-size:1.15rem;margin:1.6em 0 .6em}h3{fo
 .sub{color:var(--muted);margin:.2em 0 1em}\
 .notice{border:2px solid var(--warn);background:#fff8e6;padding:12px 16px;border-radius:6px;margin-top:18px}\
 .notice.over{border-color:var(--over);background:#fdecea}\
-.notice p{margin:.2em 0}\
+.notice h2{margin:0 0 .3em}.notice p{margin:.2em 0}\
 a{color:#0b4fb3}a:focus-visible,summary:focus-visible{outline:3px solid #0b4fb3;outline-offset:2px}\
 .btn{display:inline-block;margin-top:6px;background:#0b4fb3;color:#fff;padding:6px 14px;border-radius:5px;text-decoration:none;font-weight:600}\
 .btn:focus-visible{outline:3px solid var(--ink)}\
@@ -100,8 +99,9 @@ pub struct PageInput<'a> {
     pub usage: &'a Value,
     /// Daily usage, or why there is none.
     pub daily: Result<&'a Daily, String>,
-    /// Past statements, or why they could not be read.
-    pub statements: Result<&'a [StatementBody], String>,
+    /// Past statements (the statements answer, `{"tenant_id", "statements": [...]}`), or
+    /// why they could not be read.
+    pub statements: Result<&'a Value, String>,
     /// `api.portal_upgrade_url`.
     pub upgrade_url: Option<&'a str>,
     /// Meters whose limit is hard on the period's plan (usage refused at 100%).
@@ -534,7 +534,7 @@ fn daily(h: &mut String, p: &PageInput) {
                 }
             }
             if d.truncated {
-                h.push_str("<p class=\"empty\">Only the first 500,000 events of the period are charted.</p>");
+                h.push_str("<p class=\"empty\">Only the first 200,000 events of the period are charted.</p>");
             }
         }
         Ok(_) => h.push_str("<p class=\"empty\">No usage yet this period.</p>"),
@@ -587,42 +587,65 @@ fn charges(h: &mut String, u: &Value, currency: &str) {
     );
 }
 
+/// `t` (RFC 3339) as a date in the time zone `tz` (the statements answer is in UTC).
+fn local_date(t: &str, tz: Option<chrono_tz::Tz>, minus_a_day: bool) -> String {
+    let Some(mut t) = parse_time(t) else {
+        return t.to_string();
+    };
+    if let Some(tz) = tz {
+        t = t.with_timezone(&tz).fixed_offset();
+    }
+    if minus_a_day {
+        t -= Duration::days(1);
+    }
+    human_date(&t)
+}
+
 fn statements(h: &mut String, p: &PageInput) {
     h.push_str(
         "<section aria-labelledby=\"h-statements\"><h2 id=\"h-statements\">Past statements</h2>",
     );
+    let tz: Option<chrono_tz::Tz> = p
+        .usage
+        .get("period")
+        .map(|v| s(v, "timezone"))
+        .and_then(|z| z.parse().ok());
     match &p.statements {
-        Ok([]) => h.push_str("<p class=\"empty\" id=\"no-statements\">No closed periods yet.</p>"),
-        Ok(list) => {
-            h.push_str(
-                "<table id=\"statements\"><caption>Closed periods, newest first</caption><thead><tr>\
-                 <th scope=\"col\">Period</th><th scope=\"col\">Plan</th>\
-                 <th scope=\"col\" class=\"num\">Total</th></tr></thead><tbody>",
-            );
-            for st in list.iter() {
-                let period = match (parse_time(&st.period_start), parse_time(&st.period_end)) {
-                    (Some(a), Some(b)) => {
-                        format!(
-                            "{} – {}",
-                            human_date(&a),
-                            human_date(&(b - Duration::days(1)))
-                        )
-                    }
-                    _ => format!("{} – {}", st.period_start, st.period_end),
-                };
-                let _ = write!(
-                    h,
-                    "<tr data-statement=\"{}\"><th scope=\"row\"><time datetime=\"{}\">{}</time></th>\
-                     <td>{}</td><td class=\"num\" data-field=\"total\">{} {}</td></tr>",
-                    esc(&st.statement_id),
-                    esc(&st.period_start),
-                    esc(&period),
-                    esc(&st.plan),
-                    esc(&st.total),
-                    esc(&st.currency)
+        Ok(answer) => {
+            let list = answer
+                .get("statements")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if list.is_empty() {
+                h.push_str("<p class=\"empty\" id=\"no-statements\">No closed periods yet.</p>");
+            } else {
+                h.push_str(
+                    "<table id=\"statements\"><caption>Closed periods, newest first</caption><thead><tr>\
+                     <th scope=\"col\">Period</th><th scope=\"col\">Plan</th>\
+                     <th scope=\"col\" class=\"num\">Total</th></tr></thead><tbody>",
                 );
+                for st in list {
+                    let (start, end) = (s(st, "period_start"), s(st, "period_end"));
+                    let period = format!(
+                        "{} – {}",
+                        local_date(start, tz, false),
+                        local_date(end, tz, true)
+                    );
+                    let _ = write!(
+                        h,
+                        "<tr data-statement=\"{}\"><th scope=\"row\"><time datetime=\"{}\">{}</time></th>\
+                         <td>{}</td><td class=\"num\" data-field=\"total\">{} {}</td></tr>",
+                        esc(s(st, "statement_id")),
+                        esc(start),
+                        esc(&period),
+                        esc(s(st, "plan")),
+                        esc(s(st, "total")),
+                        esc(s(st, "currency"))
+                    );
+                }
+                h.push_str("</tbody></table>");
             }
-            h.push_str("</tbody></table>");
         }
         Err(e) => {
             let _ = write!(

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::*;
-use crate::api::{auth, router};
+use crate::api::router;
 use crate::config::Config;
 use crate::sink::clickhouse::ClickHouse;
 use crate::state::{InMessage, Params, Processor, Restored, Shared};
@@ -64,10 +64,8 @@ async fn serve(secret: &str) -> String {
         shared,
         telemetry: Telemetry::install(),
         ch: ClickHouse::new(&c.settings.clickhouse),
-        tokens: auth::ApiTokens {
-            read: Arc::new(ArcSwap::from_pointee(vec!["read".to_string()])),
-            admin: Arc::new(ArcSwap::from_pointee(vec!["admin".to_string()])),
-        },
+        tokens: Arc::new(ArcSwap::from_pointee(vec!["read".to_string()])),
+        admin_tokens: Arc::new(ArcSwap::from_pointee(vec!["admin".to_string()])),
         portal,
         wallets: None,
     };
@@ -126,7 +124,7 @@ async fn tokens_need_an_admin_token_a_known_tenant_and_a_short_ttl() {
     assert_eq!(post_token(&base, Some("nope"), ok).await.0, 401);
     let (st, body) = post_token(&base, Some("read"), ok).await;
     assert_eq!(st, 403, "{body}");
-    assert_eq!(body["error"], "this route needs one of [api] admin_tokens");
+    assert_eq!(body["error"], "this route needs one of api.admin_tokens");
     let (st, body) = post_token(&base, Some("admin"), ok).await;
     assert_eq!(st, 200, "{body}");
     let tok = body["token"].as_str().unwrap();

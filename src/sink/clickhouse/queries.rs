@@ -251,7 +251,7 @@ pub fn reconcile_rollups(db: &str) -> String {
 /// Statements: the lines of a tenant's newest statements, newest first, `(statement_id,
 /// plan, currency, period_start, period_end, line_kind, meter, item, quantity, amount,
 /// total, closed_at)` (binds: tenant, tenant, how many statements).
-pub fn tenant_statements(db: &str) -> String {
+pub fn list_statements(db: &str) -> String {
     format!(
         "SELECT statement_id, plan, currency, toUInt32(period_start), toUInt32(period_end), \
          line_kind, meter, item, quantity, amount, total, toUInt32(closed_at) \
@@ -386,7 +386,7 @@ mod tests {
             stripe_usage(db, true),
             stripe_reported(db),
             stripe_pending(db),
-            tenant_statements(db),
+            list_statements(db),
             tenant_raw_events(db),
         ];
         for q in all {

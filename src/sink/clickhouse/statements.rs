@@ -8,6 +8,9 @@ use rust_decimal::Decimal;
 
 use super::{ClickHouse, SinkError, from_dec9, queries};
 
+/// The most statements one [`ClickHouse::list_statements`] call returns.
+pub const MAX_LIST: u32 = 100;
+
 /// One line of a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredLine {
@@ -38,7 +41,7 @@ pub struct StoredStatement {
     pub closed_at: i64,
 }
 
-/// A row of [`queries::tenant_statements`], in its column order.
+/// A row of [`queries::list_statements`], in its column order.
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct Row {
     statement_id: String,
@@ -56,26 +59,44 @@ struct Row {
 }
 
 impl ClickHouse {
-    /// A tenant's newest `limit` statements, newest first, each with its lines (ordered by
-    /// kind, meter, item).
+    /// A tenant's newest `limit` statements (at most [`MAX_LIST`]), newest first, each with
+    /// its lines (ordered by kind, meter, item; a statement without charges is stored as one
+    /// row with `line_kind` = '' and has no lines).
     ///
     /// Errors: ClickHouse cannot be read (a missing table included), or a stored decimal
     /// does not fit ([`SinkError`]).
     pub async fn list_statements(
         &self,
         tenant: &str,
-        limit: usize,
+        limit: u32,
     ) -> Result<Vec<StoredStatement>, SinkError> {
         let rows: Vec<Row> = self
             .client()
-            .query(&queries::tenant_statements(self.database()))
+            .query(&queries::list_statements(self.database()))
             .bind(tenant)
             .bind(tenant)
-            .bind(limit as u64)
+            .bind(limit.min(MAX_LIST))
             .fetch_all()
             .await?;
         let mut out: Vec<StoredStatement> = Vec::new();
         for r in rows {
+            let start = i64::from(r.period_start);
+            if out.last().is_none_or(|s| s.period_start != start) {
+                out.push(StoredStatement {
+                    statement_id: r.statement_id.clone(),
+                    tenant_id: tenant.to_string(),
+                    plan: r.plan.clone(),
+                    currency: r.currency.clone(),
+                    period_start: start,
+                    period_end: i64::from(r.period_end),
+                    lines: vec![],
+                    total: from_dec9(r.total)?,
+                    closed_at: i64::from(r.closed_at),
+                });
+            }
+            if r.line_kind.is_empty() {
+                continue;
+            }
             let line = StoredLine {
                 kind: r.line_kind,
                 meter: r.meter,
@@ -83,19 +104,8 @@ impl ClickHouse {
                 quantity: from_dec9(r.quantity)?,
                 amount: from_dec9(r.amount)?,
             };
-            match out.last_mut() {
-                Some(s) if s.period_start == i64::from(r.period_start) => s.lines.push(line),
-                _ => out.push(StoredStatement {
-                    statement_id: r.statement_id,
-                    tenant_id: tenant.to_string(),
-                    plan: r.plan,
-                    currency: r.currency,
-                    period_start: i64::from(r.period_start),
-                    period_end: i64::from(r.period_end),
-                    lines: vec![line],
-                    total: from_dec9(r.total)?,
-                    closed_at: i64::from(r.closed_at),
-                }),
+            if let Some(s) = out.last_mut() {
+                s.lines.push(line);
             }
         }
         Ok(out)

@@ -24,10 +24,13 @@ fn usage(tenant: &str, usage: &str, ratio: &str, alerts: &[&str]) -> Value {
     })
 }
 
+static NONE: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| json!({"tenant_id": "acme", "statements": []}));
+
 fn render_with<'a>(
     u: &'a Value,
     daily: Result<&'a Daily, String>,
-    statements: Result<&'a [StatementBody], String>,
+    statements: Result<&'a Value, String>,
     upgrade: Option<&'a str>,
 ) -> String {
     render(&PageInput {
@@ -47,17 +50,11 @@ fn escapes_every_value_written() {
         "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#39;&amp;&quot;"
     );
     let u = usage(EVIL, "14363.5", "1.408186", &["80%", "<i>100%</i>"]);
-    let st = [StatementBody {
-        statement_id: EVIL.into(),
-        tenant_id: EVIL.into(),
-        plan: EVIL.into(),
-        currency: "USD".into(),
-        period_start: "1999-01-01T00:00:00+02:00".into(),
-        period_end: EVIL.into(),
-        lines: vec![],
-        total: "1.00".into(),
-        closed_at: "1999-02-03T00:00:00+02:00".into(),
-    }];
+    let st = json!({"tenant_id": EVIL, "statements": [{
+        "statement_id": EVIL, "tenant_id": EVIL, "plan": EVIL, "currency": "USD",
+        "period_start": "1998-12-31T22:00:00Z", "period_end": EVIL, "lines": [],
+        "total": "1.00", "closed_at": "1999-02-03T00:00:00Z"
+    }]});
     let mut u2 = u.clone();
     u2["features"] = json!({EVIL: true});
     let html = render_with(
@@ -73,6 +70,8 @@ fn escapes_every_value_written() {
     assert!(!html.contains("alert(\"x\")"));
     assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#39;&amp;&quot;"));
     assert!(html.contains("href=\"https://example.com/up?a=1&amp;b=&quot;2&quot;\""));
+    // Statement periods are shown in the tenant's time zone (the answer is in UTC).
+    assert!(html.contains(">1 Jan 1999 – "), "{html}");
     // Attribute values never end early: every data attribute is well quoted.
     assert!(html.contains("data-statement=\"&lt;script&gt;"));
     assert!(html.contains("data-feature=\"&lt;script&gt;"));
@@ -83,7 +82,7 @@ fn the_policy_allows_exactly_the_style_block() {
     let html = render_with(
         &usage("acme", "1", "0.000098", &[]),
         Err("x".into()),
-        Ok(&[]),
+        Ok(&NONE),
         None,
     );
     let css = &html[html.find("<style>").unwrap() + 7..html.find("</style>").unwrap()];
@@ -108,7 +107,7 @@ fn the_policy_allows_exactly_the_style_block() {
 #[test]
 fn meters_show_the_answer_with_marks_and_alerts() {
     let u = usage("acme", "8500", "0.833333", &["80%"]);
-    let html = render_with(&u, Err("raw events are not stored".into()), Ok(&[]), None);
+    let html = render_with(&u, Err("raw events are not stored".into()), Ok(&NONE), None);
     assert!(html.contains("<dd data-field=\"usage\">8500</dd>"));
     assert!(html.contains("<dd data-field=\"limit\">10200</dd>"));
     assert!(html.contains("<dd data-field=\"percent\">83.3%</dd>"));
@@ -133,21 +132,31 @@ fn meters_show_the_answer_with_marks_and_alerts() {
 fn upgrade_notice_from_80_percent_with_the_configured_link() {
     let below = usage("acme", "8000", "0.784314", &[]);
     assert!(
-        !render_with(&below, Err("x".into()), Ok(&[]), Some("https://u.example/"))
-            .contains("id=\"upgrade\"")
+        !render_with(
+            &below,
+            Err("x".into()),
+            Ok(&NONE),
+            Some("https://u.example/")
+        )
+        .contains("id=\"upgrade\"")
     );
     let near = usage("acme", "8200", "0.803922", &["80%"]);
-    let html = render_with(&near, Err("x".into()), Ok(&[]), Some("https://u.example/"));
+    let html = render_with(
+        &near,
+        Err("x".into()),
+        Ok(&NONE),
+        Some("https://u.example/"),
+    );
     assert!(html.contains("You are close to a limit"));
     assert!(html.contains("<a id=\"upgrade-link\" class=\"btn\" href=\"https://u.example/\""));
-    let html = render_with(&near, Err("x".into()), Ok(&[]), None);
+    let html = render_with(&near, Err("x".into()), Ok(&NONE), None);
     assert!(html.contains("id=\"upgrade\"") && !html.contains("upgrade-link"));
     let over = usage("acme", "14363.5", "1.408186", &["80%", "100%", "overage"]);
     let hard = ["call_minutes".to_string()];
     let html = render(&PageInput {
         usage: &over,
         daily: Err("x".into()),
-        statements: Ok(&[]),
+        statements: Ok(&NONE),
         upgrade_url: None,
         hard_limits: &hard,
         generated_at: "t",
@@ -173,7 +182,7 @@ fn daily_chart_has_a_bar_and_a_row_per_day() {
         truncated: false,
     };
     let u = usage("acme", "3780", "0.370588", &[]);
-    let html = render_with(&u, Ok(&d), Ok(&[]), None);
+    let html = render_with(&u, Ok(&d), Ok(&NONE), None);
     assert!(html.contains("role=\"img\" aria-labelledby=\"chart-0-t\""));
     assert!(html.contains("call_minutes per day: 28 days, 3780 in total, at most 270 on one day"));
     assert_eq!(html.matches("fill=\"#2456a6\"><title>").count(), 28);
