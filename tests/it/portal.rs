@@ -60,6 +60,7 @@ fn enc(s: &str) -> String {
 /// Stores January's statement of anonbank-ne in `usage_statements`, one row per charge
 /// line, from the API's January charges: the rows the statement emitter writes when a
 /// period closes (CONTRACT section 10), here so that the page has a past period to list.
+/// Where the pipeline emits statements itself, wait for its January statement instead.
 async fn store_january_statement(w: &World, jan: &Value) {
     let start = chrono::DateTime::parse_from_rfc3339(jan["period"]["start"].as_str().unwrap())
         .unwrap()
