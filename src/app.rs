@@ -7,9 +7,10 @@
 //! shutdown: the first SIGTERM/SIGINT cancels the token; the consuming thread drains,
 //! flushes and commits, and is joined; only then is Stripe reporting stopped (it runs one
 //! last cycle, so it reports that final flush: this is why it watches its own token,
-//! cancelled after the join, bounded by `pipeline.shutdown_timeout`); then the other
-//! tasks, which stop on the shared token, are joined. A second signal exits at once
-//! (status 130). SIGHUP, or a change of the configuration file's modification time, reloads
+//! cancelled after the join); then the other tasks, which stop on the shared token, are
+//! joined. The whole shutdown is bounded by `pipeline.shutdown_timeout` (a watchdog exits
+//! with status 1 past it); a final flush that fails makes the exit status 1. A second
+//! signal exits at once (status 130). SIGHUP, or a change of the configuration file's modification time, reloads
 //! plans, tenants and API tokens ([`reload`]).
 
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         shared.clone(),
         ch.clone(),
         Some(alert_sink),
-        config.settings.metrics.tenant_gauges_max,
+        config.settings.metrics.tenant_gauge_cap(),
     ));
     tasks.spawn_on(
         wallets.clone().run(
@@ -82,15 +83,17 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         portal: crate::api::portal::Portal::from_settings(&config.settings),
         wallets: Some(wallets),
     };
-    tasks.spawn_on(
-        crate::gauges::run(
-            shared.clone(),
-            state.telemetry.clone(),
-            config.settings.metrics.tenant_gauges_max,
-            shutdown.clone(),
-        ),
-        handle,
-    );
+    if config.settings.metrics.tenant_gauges {
+        tasks.spawn_on(
+            crate::gauges::run(
+                shared.clone(),
+                state.telemetry.clone(),
+                config.settings.metrics.tenant_gauges_max,
+                shutdown.clone(),
+            ),
+            handle,
+        );
+    }
     let listen = config.settings.api.listen.clone();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&listen))
@@ -136,18 +139,45 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
             handle,
         )
     });
+    // The whole shutdown is bounded by pipeline.shutdown_timeout from the moment the token
+    // is cancelled: the final flush takes its share (`ingest::final_flush_budget`), Stripe
+    // and the remaining tasks what is left; a watchdog exits with status 1 if anything
+    // still hangs a second after the bound.
+    let shutdown_timeout = config.settings.pipeline.shutdown_timeout;
+    let cancelled_at = Arc::new(std::sync::OnceLock::new());
+    {
+        let (token, at) = (shutdown.clone(), cancelled_at.clone());
+        handle.spawn(async move {
+            token.cancelled().await;
+            let t0 = *at.get_or_init(std::time::Instant::now);
+            tokio::time::sleep_until((t0 + shutdown_timeout + Duration::from_secs(1)).into()).await;
+            tracing::error!(
+                ?shutdown_timeout,
+                "shutdown did not finish within pipeline.shutdown_timeout; exiting"
+            );
+            std::process::exit(1);
+        });
+    }
     let (stop, rt_handle, ingest_tasks) = (shutdown.clone(), handle.clone(), tasks.clone());
+    exit_on_consumer_panic();
     let worker = std::thread::Builder::new()
-        .name("callmeter-consumer".into())
-        .spawn(move || crate::ingest::run(config, shared, stop, rt_handle, ingest_tasks))
+        .name(CONSUMER_THREAD.into())
+        .spawn(move || consume(config, shared, stop, rt_handle, ingest_tasks))
         .context("starting the consumer thread")?;
     let res = worker
         .join()
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"));
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))
+        .and_then(|r| r);
     shutdown.cancel();
+    let deadline = *cancelled_at.get_or_init(std::time::Instant::now) + shutdown_timeout;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    if let Err(e) = &res {
+        tracing::error!(error = %e, "pipeline stopped with an error");
+    }
     if let Some(task) = stripe_task {
         stripe_stop.cancel();
         let abort = task.abort_handle();
+        let stripe_deadline = stripe_deadline.min(left());
         if rt
             .block_on(async move { tokio::time::timeout(stripe_deadline, task).await })
             .is_err()
@@ -162,7 +192,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
     signals.abort();
     tasks.close();
     if rt
-        .block_on(async { tokio::time::timeout(TASKS_GRACE, tasks.wait()).await })
+        .block_on(async { tokio::time::timeout(TASKS_GRACE.min(left()), tasks.wait()).await })
         .is_err()
     {
         tracing::warn!(
@@ -170,7 +200,64 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
             "tasks did not stop in time; dropped with the runtime"
         );
     }
-    res?
+    res
+}
+
+/// Name of the consuming thread (the panic hook recognises it).
+const CONSUMER_THREAD: &str = "callmeter-consumer";
+
+/// Backoff before a new consumer after a retryable fatal error (UNRELEASED_INSTANCE_ID: the
+/// previous incarnation's session must expire first).
+const FATAL_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Makes a panic on the consuming thread end the process with status
+/// [`crate::ingest::PANIC_EXIT`] (after the usual panic message): never a process that
+/// answers `/healthz` and `/readyz` while nothing is consumed. Unwinding is not waited for
+/// (dropping the Kafka consumer from a panicking thread can block in its rebalance
+/// callbacks); the supervisor restarts the process and the restore rebuilds exact state.
+fn exit_on_consumer_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if std::thread::current().name() == Some(CONSUMER_THREAD) {
+            tracing::error!(panic = %info, "panic on the consuming thread: exiting");
+            std::process::exit(crate::ingest::PANIC_EXIT);
+        }
+    }));
+}
+
+/// Runs the consuming side; after a retryable fatal consumer error, a new consumer joins
+/// after [`FATAL_RETRY_BACKOFF`]; any other fatal error ends the process non-zero.
+fn consume(
+    config: Config,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    rt: tokio::runtime::Handle,
+    tasks: TaskTracker,
+) -> anyhow::Result<()> {
+    loop {
+        let res = crate::ingest::run(
+            config.clone(),
+            shared.clone(),
+            stop.clone(),
+            rt.clone(),
+            tasks.clone(),
+        );
+        match res {
+            Err(e)
+                if e.downcast_ref::<crate::ingest::FatalConsumerError>()
+                    .is_some_and(|f| f.is_retryable())
+                    && !stop.is_cancelled() =>
+            {
+                tracing::warn!(error = %e, backoff = ?FATAL_RETRY_BACKOFF, "recreating the Kafka consumer after a fatal error");
+                let deadline = std::time::Instant::now() + FATAL_RETRY_BACKOFF;
+                while std::time::Instant::now() < deadline && !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Creates the ClickHouse database and missing tables, retrying until ClickHouse answers.

@@ -1,4 +1,5 @@
-//! Per-tenant usage gauges for Prometheus, with a cardinality cap.
+//! Per-tenant usage gauges for Prometheus, with a cardinality cap. Exported only with
+//! `metrics.tenant_gauges = true` (off by default: `/metrics` is unauthenticated).
 //!
 //! Every [`REFRESH`] a task reads the in-memory rollups of [`Shared`] and publishes, for
 //! every tenant this instance holds rows for:
@@ -98,9 +99,17 @@ pub fn compute(
     let mut sums: BTreeMap<(&str, MeterId, i64), Decimal> = BTreeMap::new();
     let mut latest_end = i64::MIN;
     for r in rows {
-        *sums
+        let sum = sums
             .entry((&*r.tenant, r.meter, r.period_start))
-            .or_default() += r.raw;
+            .or_default();
+        // Each row fits a Decimal; their sum over partitions may not: saturate (a gauge).
+        *sum = sum
+            .checked_add(r.raw)
+            .unwrap_or(if r.raw.is_sign_negative() {
+                Decimal::MIN
+            } else {
+                Decimal::MAX
+            });
         latest_end = latest_end.max(r.period_end);
     }
     let mut tenants: Vec<&Arc<str>> = rows.iter().map(|r| &r.tenant).collect();

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod gauges;
+pub mod health;
 pub mod ingest;
 pub mod meter;
 pub mod period;

@@ -35,7 +35,10 @@ pub const LAST_FLUSH: &str = "callmeter_last_successful_flush_timestamp_seconds"
 pub const DIRTY_ROWS: &str = "callmeter_dirty_rows";
 pub const STATE_ROWS: &str = "callmeter_state_rows";
 pub const DEDUP_ENTRIES: &str = "callmeter_dedup_entries";
-pub const DEDUP_EVICTED_EARLY: &str = "callmeter_dedup_evicted_early_total";
+pub const DEDUP_OVER_CAP: &str = "callmeter_dedup_over_cap";
+pub const MEMORY_USED: &str = "callmeter_memory_used_bytes";
+pub const MEMORY_BUDGET: &str = "callmeter_memory_budget_bytes";
+pub const MEMORY_OVER: &str = "callmeter_memory_over_budget";
 pub const COMMITS: &str = "callmeter_offset_commits_total";
 pub const COMMIT_FAILURES: &str = "callmeter_offset_commit_failures_total";
 pub const RESTORE_DURATION: &str = "callmeter_restore_duration_seconds";
@@ -175,9 +178,18 @@ fn describe() {
     describe_gauge!(DIRTY_ROWS, "Rollup rows changed since the last flush.");
     describe_gauge!(STATE_ROWS, "Rollup rows held in memory.");
     describe_gauge!(DEDUP_ENTRIES, "Event identities held for deduplication.");
-    describe_counter!(
-        DEDUP_EVICTED_EARLY,
-        "Dedup entries dropped before the window ended because pipeline.max_dedup_entries was reached."
+    describe_gauge!(
+        DEDUP_OVER_CAP,
+        "Event identities above pipeline.max_dedup_entries kept because they are still inside the dedup window (never dropped)."
+    );
+    describe_gauge!(
+        MEMORY_USED,
+        "Estimated bytes of rows, dedup entries, raw events and undelivered messages (pipeline.max_memory)."
+    );
+    describe_gauge!(MEMORY_BUDGET, "pipeline.max_memory in bytes.");
+    describe_gauge!(
+        MEMORY_OVER,
+        "1 while consumption is paused because the memory estimate is over pipeline.max_memory."
     );
     describe_counter!(COMMITS, "Offset commits after successful flushes.");
     describe_counter!(

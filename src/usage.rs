@@ -60,7 +60,10 @@ pub fn memory_usage(
                 period_start,
                 partition,
             }) {
-                *out.entry(meter).or_insert(Decimal::ZERO) += def.value(r.raw);
+                // Never panics: a sum beyond range saturates (each row's total is checked
+                // when counted, so only rows of many partitions together can get there).
+                let v = out.entry(meter).or_insert(Decimal::ZERO);
+                *v = v.saturating_add(def.value(r.raw));
             }
         }
     }

@@ -84,9 +84,12 @@ pub struct LedgerEntry {
 }
 
 impl LedgerEntry {
-    /// What the period adds to the balance.
+    /// What the period adds to the balance. Never panics: beyond `Decimal`'s range it
+    /// saturates (only absurd credits or charges get there).
     pub fn net(&self) -> Decimal {
-        self.credit + self.grant - self.charges
+        self.credit
+            .saturating_add(self.grant)
+            .saturating_sub(self.charges)
     }
 }
 
@@ -206,7 +209,10 @@ pub fn compute(
     let period = tenant.period_at(now);
     let plan = tenant.plan_for_period(period, now);
     WalletState {
-        balance: entries.iter().map(LedgerEntry::net).sum(),
+        balance: entries
+            .iter()
+            .map(LedgerEntry::net)
+            .fold(Decimal::ZERO, Decimal::saturating_add),
         currency: plan.currency.clone(),
         period,
         plan: plan.id.clone(),
@@ -640,7 +646,8 @@ fn group(rows: &RowsOf) -> Vec<PeriodUsage> {
             },
             usage: BTreeMap::new(),
         });
-        *p.usage.entry(*meter).or_insert(Decimal::ZERO) += r.value;
+        let v = p.usage.entry(*meter).or_insert(Decimal::ZERO);
+        *v = v.saturating_add(r.value);
     }
     out.into_values().collect()
 }

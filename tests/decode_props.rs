@@ -406,7 +406,6 @@ proptest! {
 
     /// Totals beyond `Decimal(38, 9)`: dead-lettered as `invalid_data`, never a panic.
     #[test]
-    #[ignore = "needs the checked Processor addition (issue 12), enabled at merge"]
     fn totals_beyond_decimal_38_9_are_rejected_by_the_processor(
         units in prop::collection::vec(any_units(), 1..16),
     ) {
@@ -421,14 +420,14 @@ proptest! {
     }
 }
 
-/// The poison pill of issue 12: two values of 5e28 on a `sum` meter. The second is
-/// `invalid_data`; the first stays counted.
+/// The poison pill of issue 12: two values whose sum overflows a `sum` meter (4e25 units are
+/// 4e28 on `milli_units`, twice that is beyond `Decimal(38, 9)`). The second is `invalid_data`;
+/// the first stays counted.
 #[test]
-#[ignore = "needs the checked Processor addition (issue 12), enabled at merge"]
 fn two_values_of_5e28_are_dead_lettered() {
     let c = config();
     let mut proc = processor(&c);
-    let big = "50000000000000000000000000000";
+    let big = "40000000000000000000000000";
     let payloads: Vec<Vec<u8>> = (0..3)
         .map(|i| envelope("usage.units", i, &format!("{{\"units\":{big}}}")))
         .collect();

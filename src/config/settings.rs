@@ -93,6 +93,86 @@ impl<'de> Deserialize<'de> for Quantity {
     }
 }
 
+/// A size in bytes, written as an integer or `"64MiB"`, `"1GiB"`, `"500MB"`, `"512KiB"`
+/// (binary units `KiB`, `MiB`, `GiB`, `TiB`; decimal `kB`, `MB`, `GB`, `TB`; `B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"64MiB"` and the like (see the type's docs).
+    pub fn parse(s: &str) -> Option<ByteSize> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = (s[..split].trim(), s[split..].trim());
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "tib" | "t" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return None,
+        };
+        let n = Decimal::from_str(num).ok()?;
+        let bytes = n.checked_mul(Decimal::from(mult))?.trunc();
+        u64::try_from(bytes).ok().map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let units = [
+            (1u64 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
+        for (m, u) in units {
+            if self.0 >= m && self.0.is_multiple_of(m) {
+                return write!(f, "{}{u}", self.0 / m);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"64MiB\" or a number of bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(s).ok_or_else(|| {
+                    E::custom(format!("`{s}` is not a size (e.g. \"64MiB\", \"1GiB\")"))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Everything in the configuration file, as written (before validation).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -177,6 +257,14 @@ pub struct ClickHouseSettings {
     pub password: String,
     /// Also store every counted event in `call_events` (for audits and `callmeter reconcile`).
     pub raw_events: bool,
+    /// Bound on one ClickHouse request, connecting included (a flush, a restore read, a
+    /// query): a server that hangs (e.g. stopped) fails the request, which is retried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How often a flush is retried after a permanent error (authentication, a schema that
+    /// does not match): until it succeeds `/readyz` answers 503 naming the error.
+    #[serde(with = "humantime_serde")]
+    pub permanent_error_retry: Duration,
 }
 
 impl Default for ClickHouseSettings {
@@ -187,6 +275,8 @@ impl Default for ClickHouseSettings {
             user: "default".into(),
             password: String::new(),
             raw_events: false,
+            request_timeout: Duration::from_secs(30),
+            permanent_error_retry: Duration::from_secs(30),
         }
     }
 }
@@ -217,7 +307,13 @@ pub struct PipelineSettings {
     /// Upper bound on dedup entries held per instance; consumption pauses at the bound
     /// until entries age out of the window.
     pub max_dedup_entries: usize,
-    /// Deadline for the final flush on shutdown and for the flush on partition revocation.
+    /// One memory budget over rollup rows, the dedup set and undelivered dead-letter and
+    /// alert messages (estimated bytes, see `ingest::memory`). Above it consumption pauses
+    /// (group membership kept) until flushes and the dedup window bring it below 90 %.
+    pub max_memory: ByteSize,
+    /// Bound on the whole shutdown (drain, final flush, commit, last Stripe cycle) and on
+    /// the flush on partition revocation. Keep it below the orchestrator's grace period
+    /// (docker-compose's `stop_grace_period`).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// When a partition's checkpoint lies below the earliest offset Kafka retains (events
@@ -236,6 +332,7 @@ impl Default for PipelineSettings {
             max_clock_skew: Duration::from_secs(300),
             max_event_bytes: 64 * 1024,
             max_dedup_entries: 50_000_000,
+            max_memory: ByteSize(1 << 30),
             shutdown_timeout: Duration::from_secs(30),
             accept_retention_gaps: false,
         }
@@ -283,14 +380,30 @@ pub const PORTAL_SECRET_MIN_BYTES: usize = 32;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
+    /// Export the per-tenant series (`callmeter_tenant_usage`, `_usage_ratio`,
+    /// `_overage_capped`, `callmeter_wallet_balance`). Off by default: `/metrics` needs no
+    /// token, and these name tenants and their balances to anyone who can reach it.
+    pub tenant_gauges: bool,
     /// Export per-tenant usage gauges (`callmeter_tenant_usage_ratio`, ...) for at most this
     /// many tenants; above it the per-tenant series are not exported (0 turns them off).
     pub tenant_gauges_max: usize,
 }
 
+impl MetricsSettings {
+    /// The most tenants per-tenant series are exported for: 0 when `tenant_gauges` is off.
+    pub fn tenant_gauge_cap(&self) -> usize {
+        if self.tenant_gauges {
+            self.tenant_gauges_max
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for MetricsSettings {
     fn default() -> Self {
         Self {
+            tenant_gauges: false,
             tenant_gauges_max: 1000,
         }
     }

@@ -42,6 +42,11 @@ fn defaults_apply() {
         Duration::from_secs(48 * 3600)
     );
     assert_eq!(c.settings.api.listen, "127.0.0.1:8080");
+    // Per-tenant series are off unless asked for (/metrics has no token).
+    assert!(!c.settings.metrics.tenant_gauges);
+    assert_eq!(c.settings.metrics.tenant_gauge_cap(), 0);
+    let on = Config::from_toml_str(&format!("{BASE}\n[metrics]\ntenant_gauges = true\n")).unwrap();
+    assert_eq!(on.settings.metrics.tenant_gauge_cap(), 1000);
 }
 
 #[test]

@@ -76,6 +76,30 @@ pub(super) fn runtime(s: &Settings) -> Result<(), ConfigError> {
             "must be positive",
         ));
     }
+    if p.max_memory.0 < 1 << 20 {
+        return Err(ConfigError::new(
+            "pipeline.max_memory",
+            "must be at least 1MiB",
+        ));
+    }
+    if p.shutdown_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "pipeline.shutdown_timeout",
+            "must be positive",
+        ));
+    }
+    if s.clickhouse.request_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "clickhouse.request_timeout",
+            "must be positive",
+        ));
+    }
+    if s.clickhouse.permanent_error_retry.is_zero() {
+        return Err(ConfigError::new(
+            "clickhouse.permanent_error_retry",
+            "must be positive",
+        ));
+    }
     if s.api.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(ConfigError::new(
             "api.listen",

@@ -21,7 +21,7 @@ use super::consumer::GroupConsumer;
 use super::outbox::{self, Pending};
 use super::{Core, Engine};
 use crate::sink::clickhouse::{ClickHouse, SinkError, flush_backoff};
-use crate::state::FlushBatch;
+use crate::state::{FlushBatch, Shared};
 use crate::telemetry as t;
 
 /// One flush's inputs: the snapshot, the deliveries it depends on, the positions to commit.
@@ -65,9 +65,14 @@ pub(super) struct Flusher {
     pub(super) consumer: Weak<GroupConsumer>,
     pub(super) topic: Arc<str>,
     pub(super) shutdown: CancellationToken,
-    /// Where the outbox's status for `/readyz` goes.
-    pub(super) shared: Arc<crate::state::Shared>,
+    /// Where the outbox's status and a permanent ClickHouse error are reported (`/readyz`).
+    pub(super) shared: Arc<Shared>,
+    /// Retry interval after a permanent error (`clickhouse.permanent_error_retry`).
+    pub(super) permanent_retry: Duration,
 }
+
+/// The [`crate::health::Health`] problem a permanent ClickHouse error sets.
+pub(super) const CLICKHOUSE_PROBLEM: &str = "clickhouse";
 
 impl Engine {
     /// Snapshot plus the deliveries it depends on and the positions to commit.
@@ -147,6 +152,7 @@ impl Core {
     /// first waits for a flush in flight, then flushes what is left. False on timeout or
     /// failure. The engine is not locked while waiting.
     pub(super) fn flush_now(&self, deadline: Duration) -> bool {
+        let started = Instant::now();
         let in_flight = self.engine().in_flight.take();
         if let Some(rx) = in_flight {
             match rx.recv_timeout(deadline) {
@@ -162,9 +168,10 @@ impl Core {
             return true;
         }
         let flusher = self.flusher.clone();
+        let left = deadline.saturating_sub(started.elapsed());
         let done = self
             .rt
-            .block_on(async move { flusher.run(job, Some(deadline)).await });
+            .block_on(async move { flusher.run(job, Some(left)).await });
         let ok = done.ok;
         self.engine().finish_flush(done);
         ok
@@ -216,14 +223,31 @@ impl Flusher {
                 None => attempt.await.map_err(WriteError::from),
             };
             match res {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.shared.health.clear(CLICKHOUSE_PROBLEM);
+                    break;
+                }
                 Err(e) => {
                     metrics::counter!(t::FLUSH_FAILURES).increment(1);
-                    tracing::warn!(error = %e, rows, "flush to ClickHouse failed; retrying");
+                    let permanent = matches!(&e, WriteError::Sink(s) if !s.is_transient());
+                    let delay = if permanent {
+                        tracing::error!(error = %e, rows, retry_in = ?self.permanent_retry,
+                            "flush to ClickHouse failed with a permanent error (state kept, nothing committed); an operator must fix it");
+                        self.shared
+                            .health
+                            .set(CLICKHOUSE_PROBLEM, format!("flush failed: {e}"));
+                        self.permanent_retry
+                    } else {
+                        tracing::warn!(error = %e, rows, "flush to ClickHouse failed; retrying");
+                        backoff.next().unwrap_or(Duration::from_secs(30))
+                    };
                     if give_up(&self) {
                         return failed(batch, Vec::new());
                     }
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    let delay = match deadline {
+                        Some(d) => delay.min(d.saturating_sub(started.elapsed())),
+                        None => delay,
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.shutdown.cancelled(), if deadline.is_none() => {}

@@ -18,6 +18,7 @@
 
 pub mod consumer;
 mod flush;
+pub mod memory;
 pub mod outbox;
 mod rebalance;
 pub mod start;
@@ -60,13 +61,47 @@ struct Core {
     topic: Arc<str>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
+    /// Set when the final flush of a shutdown failed (the revocation that follows does not
+    /// try again).
+    final_flush_failed: std::sync::atomic::AtomicBool,
     rt: tokio::runtime::Handle,
     tasks: TaskTracker,
 }
 
 impl Core {
+    /// The engine; a poisoned lock (a panic while it was held) ends the process with status
+    /// 70: the state may be half-updated, and a process that cannot consume must not stay up
+    /// answering `/healthz`. The supervisor restarts it; the restore rebuilds exact state.
     fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().expect("engine lock")
+        match self.engine.lock() {
+            Ok(g) => g,
+            Err(_) => {
+                tracing::error!(
+                    "the engine lock is poisoned (a panic on the consuming thread): exiting"
+                );
+                std::process::exit(PANIC_EXIT);
+            }
+        }
+    }
+}
+
+/// Exit status after a panic on the consuming thread (EX_SOFTWARE).
+pub const PANIC_EXIT: i32 = 70;
+
+/// The consumer hit a fatal librdkafka error: it cannot be used again.
+#[derive(Debug, thiserror::Error)]
+#[error("fatal Kafka consumer error {code:?}: {reason}")]
+pub struct FatalConsumerError {
+    pub code: rdkafka::types::RDKafkaErrorCode,
+    pub reason: String,
+}
+
+impl FatalConsumerError {
+    /// Whether a new consumer, after a backoff, can succeed: under KIP-848 a restarted static
+    /// member that joins before its previous incarnation's session expired is refused with
+    /// UNRELEASED_INSTANCE_ID; once that session expires the id is free again.
+    pub fn is_retryable(&self) -> bool {
+        self.code == rdkafka::types::RDKafkaErrorCode::UnreleasedInstanceId
     }
 }
 
@@ -110,7 +145,6 @@ pub fn run(
     }
     metrics::counter!(t::COMMIT_FAILURES).increment(0);
     metrics::counter!(t::FLUSH_FAILURES).increment(0);
-    metrics::counter!(t::DEDUP_EVICTED_EARLY).increment(0);
     let ks = &config.settings.kafka;
     let consumer = Arc::new(consumer::consumer(ks)?);
     let producer = consumer::producer(ks)?;
@@ -126,6 +160,7 @@ pub fn run(
             topic: topic.clone(),
             shutdown: shutdown.clone(),
             shared: shared.clone(),
+            permanent_retry: config.settings.clickhouse.permanent_error_retry,
         },
         restorer: rebalance::Restorer {
             ch,
@@ -148,6 +183,7 @@ pub fn run(
         topic: topic.clone(),
         shutdown: shutdown.clone(),
         shutdown_timeout: config.settings.pipeline.shutdown_timeout,
+        final_flush_failed: Default::default(),
         rt,
         tasks,
     });
@@ -161,7 +197,12 @@ pub fn run(
     let mut last_flush = Instant::now();
     let mut last_publish = Instant::now();
     let mut counters = Counters::default();
+    let mut budget = memory::Budget::new(ps.max_memory.0);
+    metrics::gauge!(t::MEMORY_BUDGET).set(budget.limit() as f64);
+    metrics::gauge!(t::MEMORY_OVER).set(0.0);
+    let mut mem_over = false;
 
+    let mut fatal = None;
     while !shutdown.is_cancelled() {
         {
             let mut e = core.engine();
@@ -174,7 +215,26 @@ pub fn run(
                 core.start_flush(&mut e);
                 last_flush = Instant::now();
             }
-            let over = dirty >= ps.max_dirty_rows.saturating_mul(2);
+            let used = e.memory_usage(&shared).bytes();
+            let over_memory = budget.update(used);
+            if over_memory != mem_over {
+                mem_over = over_memory;
+                metrics::gauge!(t::MEMORY_OVER).set(if mem_over { 1.0 } else { 0.0 });
+                if mem_over {
+                    tracing::warn!(
+                        used,
+                        budget = budget.limit(),
+                        "memory estimate over pipeline.max_memory: consumption paused"
+                    );
+                } else {
+                    tracing::info!(
+                        used,
+                        budget = budget.limit(),
+                        "memory estimate below 90 % of pipeline.max_memory"
+                    );
+                }
+            }
+            let over = dirty >= ps.max_dirty_rows.saturating_mul(2) || over_memory;
             e.pause_or_resume(&consumer, &topic, over, dirty);
             if last_publish.elapsed() >= Duration::from_millis(500) {
                 e.proc.refresh_catalog();
@@ -190,6 +250,11 @@ pub fn run(
         let msg = match res {
             Ok(m) => m,
             Err(e) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    tracing::error!(error = %e, ?code, %reason, "fatal Kafka consumer error");
+                    fatal = Some(FatalConsumerError { code, reason });
+                    break;
+                }
                 tracing::warn!(error = %e, "consumer error");
                 continue;
             }
@@ -226,21 +291,64 @@ pub fn run(
 
     tracing::info!("shutting down: final flush");
     counters.publish();
-    let ok = core.flush_now(ps.shutdown_timeout);
+    let budget = final_flush_budget(ps.shutdown_timeout);
+    let ok = core.flush_now(budget);
+    if !ok {
+        core.final_flush_failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     tracing::info!(flushed = ok, "final flush done");
+    if let Some(f) = fatal {
+        // The consumer is unusable: forget every partition (the next consumer restores them
+        // from what was stored) and hand the error to the caller.
+        {
+            let mut e = core.engine();
+            for p in e.proc.owned_partitions() {
+                e.proc.revoke(p);
+            }
+        }
+        drop(consumer);
+        return Err(f.into());
+    }
     consumer.unsubscribe();
     drop(consumer);
+    if !ok {
+        anyhow::bail!(
+            "final flush failed within {budget:?}: rows not stored in ClickHouse and their offsets not committed (they are replayed from Kafka at the next start)"
+        );
+    }
     Ok(())
+}
+
+/// The share of `pipeline.shutdown_timeout` the final flush may take: the rest (a quarter,
+/// at most 5 s) is left for leaving the group, the last Stripe cycle and joining tasks, so
+/// that the whole shutdown stays within the timeout.
+pub fn final_flush_budget(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout.saturating_sub((shutdown_timeout / 4).min(Duration::from_secs(5)))
+}
+
+impl Engine {
+    /// What `pipeline.max_memory` counts (see [`memory`]).
+    fn memory_usage(&self, shared: &Shared) -> memory::Usage {
+        memory::Usage {
+            rows: shared.row_count() as u64,
+            dedup_entries: self.proc.dedup_entries() as u64,
+            raw_events: self.proc.raw_events_pending() as u64,
+            undelivered_bytes: self.outbox.undelivered_bytes(),
+        }
+    }
 }
 
 fn publish_gauges(e: &Engine, shared: &Shared) {
     let proc = &e.proc;
+    metrics::gauge!(t::MEMORY_USED).set(e.memory_usage(shared).bytes() as f64);
     metrics::gauge!(t::DIRTY_ROWS).set(proc.dirty_rows() as f64);
     metrics::gauge!(t::DEDUP_ENTRIES).set(proc.dedup_entries() as f64);
-    metrics::counter!(t::DEDUP_EVICTED_EARLY).absolute(proc.dedup_evicted_early());
+    metrics::gauge!(t::DEDUP_OVER_CAP).set(proc.dedup_over_cap() as f64);
     metrics::gauge!(t::STATE_ROWS).set(shared.row_count() as f64);
     metrics::gauge!(t::PARTITIONS_OWNED).set(shared.owned_partitions().len() as f64);
-    metrics::gauge!(t::READY).set(if shared.ready() { 1.0 } else { 0.0 });
+    let ready = shared.ready() && shared.health.problems().is_empty();
+    metrics::gauge!(t::READY).set(if ready { 1.0 } else { 0.0 });
     for (p, pos) in proc.positions() {
         let label = p.to_string();
         metrics::gauge!(t::PARTITION_POSITION, "partition" => label.clone()).set(pos as f64);

@@ -99,6 +99,14 @@ impl OutMessage {
     }
 }
 
+impl OutMessage {
+    /// Bytes this message holds while undelivered, for `pipeline.max_memory`.
+    fn estimated_bytes(&self) -> u64 {
+        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len) as u64;
+        len(&self.key) + len(&self.payload) + super::memory::MESSAGE_OVERHEAD_BYTES
+    }
+}
+
 /// A message produced to Kafka (DLQ or alert) whose delivery a flush must await.
 pub(super) struct Pending {
     msg: OutMessage,
@@ -112,6 +120,8 @@ pub(super) struct Outbox {
     dlq_topic: String,
     alerts_topic: String,
     pending: Vec<Pending>,
+    /// Estimated bytes of `pending` (see [`Outbox::undelivered_bytes`]).
+    pending_bytes: u64,
 }
 
 impl Outbox {
@@ -124,11 +134,13 @@ impl Outbox {
             dlq_topic: s.dlq_topic.clone(),
             alerts_topic: s.alerts_topic.clone(),
             pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
     /// Deliveries not yet handed to a flush.
     pub(super) fn take_pending(&mut self) -> Vec<Pending> {
+        self.pending_bytes = 0;
         std::mem::take(&mut self.pending)
     }
 
@@ -136,11 +148,19 @@ impl Outbox {
     pub(super) fn restore_pending(&mut self, mut undelivered: Vec<Pending>) {
         undelivered.append(&mut self.pending);
         self.pending = undelivered;
+        self.pending_bytes = self.pending.iter().map(|p| p.msg.estimated_bytes()).sum();
     }
 
     fn enqueue(&mut self, msg: OutMessage, attempt: Attempt) {
         metrics::gauge!(t::OUTBOX_UNDELIVERED).increment(1.0);
+        self.pending_bytes += msg.estimated_bytes();
         self.pending.push(Pending { msg, attempt });
+    }
+
+    /// Estimated bytes held by messages not yet handed to a flush (for `pipeline.max_memory`):
+    /// each message's key and payload plus [`super::memory::MESSAGE_OVERHEAD_BYTES`].
+    pub(super) fn undelivered_bytes(&self) -> u64 {
+        self.pending_bytes
     }
 
     /// Produces a rejected message to the dead-letter topic.

@@ -147,8 +147,18 @@ pub(super) struct Handler {
 impl RebalanceHandler for Handler {
     fn revoking(&self, _consumer: &GroupConsumer, partitions: &[i32]) {
         let core = &self.core;
-        let ok = core.flush_now(core.shutdown_timeout);
-        tracing::info!(partitions = ?partitions, flushed = ok, "flushed before revocation");
+        if core
+            .final_flush_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Leaving the group after a failed final flush: another attempt would outlast the
+            // shutdown bound. Nothing of these partitions was committed past stored data; their
+            // next owner replays it.
+            tracing::warn!(partitions = ?partitions, "revoked after the final flush failed: not flushed again");
+        } else {
+            let ok = core.flush_now(core.shutdown_timeout);
+            tracing::info!(partitions = ?partitions, flushed = ok, "flushed before revocation");
+        }
         let mut e = core.engine();
         for p in partitions {
             if let Some(a) = e.assigned.remove(p) {
@@ -289,7 +299,11 @@ impl Restorer {
                         &consumer,
                         &topic,
                         partition,
-                        c.max_ts_ms - params.dedup_window_ms - params.replay_margin_ms(),
+                        // Arrival times are capped at the clock; so is an older checkpoint's.
+                        c.max_ts_ms
+                            .min(chrono::Utc::now().timestamp_millis())
+                            .saturating_sub(params.dedup_window_ms)
+                            .saturating_sub(params.replay_margin_ms()),
                         pos,
                         timeout,
                     )

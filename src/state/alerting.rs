@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use smallvec::SmallVec;
 
 use crate::alerts;
-use crate::meter::{MeterDef, MeterId};
+use crate::meter::{Aggregation, MeterDef, MeterId, Rounding};
 use crate::pricing::Plan;
 
 /// Alert state key: (tenant, meter, period_start).
@@ -36,7 +36,7 @@ pub(super) fn crossed(
         Some(n) => n,
         None => {
             let n = alerts::next_trigger(plan, pm, Some(limit), &entry.0)
-                .map(|v| v * def.divisor - def.divisor / Decimal::from(1_000_000))
+                .and_then(|v| raw_trigger(def, v))
                 .unwrap_or(Decimal::MAX);
             entry.1 = Some(n);
             n
@@ -53,6 +53,21 @@ pub(super) fn crossed(
     }
     entry.0.extend(kinds.iter().cloned());
     Some((usage, kinds))
+}
+
+/// The smallest raw sum whose meter value can reach `usage`; `None` when no raw sum in
+/// range can. Ceil and count meters hold whole units in the raw sum (their value is the raw
+/// sum); other meters hold `value x divisor`, shown rounded half-up to 6 places, so a raw
+/// sum half a millionth of a unit below the usage already shows it.
+pub(super) fn raw_trigger(def: &MeterDef, usage: Decimal) -> Option<Decimal> {
+    match (def.aggregation, def.rounding) {
+        (Aggregation::Count, _) | (_, Rounding::Ceil) => Some(usage),
+        (Aggregation::Sum, Rounding::None) => {
+            // The configuration admits only positive divisors.
+            let eps = def.divisor.checked_div(Decimal::from(1_000_000))?;
+            usage.checked_mul(def.divisor)?.checked_sub(eps)
+        }
+    }
 }
 
 /// Records a kind restored from storage as fired (the next trigger is recomputed).

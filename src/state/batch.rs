@@ -201,20 +201,31 @@ impl Processor {
 
     fn evict(&mut self) {
         let grace = self.params.grace_secs;
-        let window = self.params.dedup_window_ms + self.params.replay_margin_ms();
+        let window = self.params.dedup_window_ms;
+        let margin = window.saturating_add(self.params.replay_margin_ms());
         let per_partition_max = self.params.max_dedup_entries / self.partitions.len().max(1);
         let mut closed_before: FxHashMap<i32, i64> = FxHashMap::default();
+        let mut over_cap = 0usize;
         for (p, ps) in self.partitions.iter_mut() {
             if ps.max_ts_ms != i64::MIN {
-                self.dedup_evicted_early += ps
-                    .dedup
-                    .evict_before(ps.max_ts_ms - window, per_partition_max)
-                    as u64;
+                over_cap += ps.dedup.evict_before(
+                    ps.max_ts_ms.saturating_sub(margin),
+                    ps.max_ts_ms.saturating_sub(window),
+                    per_partition_max,
+                );
             }
             if ps.watermark_us != i64::MIN {
                 closed_before.insert(*p, ps.watermark_us.div_euclid(1_000_000) - grace);
             }
         }
+        if over_cap > 0 && self.dedup_over_cap == 0 {
+            tracing::warn!(
+                over_cap,
+                max_dedup_entries = self.params.max_dedup_entries,
+                "dedup set above pipeline.max_dedup_entries: identities inside the dedup window are kept (never dropped); pipeline.max_memory bounds memory"
+            );
+        }
+        self.dedup_over_cap = over_cap;
         if closed_before.is_empty() {
             return;
         }

@@ -1,6 +1,7 @@
 //! The dedup set of one partition: event identities (a 128-bit hash of subject, source and
-//! id) with the Kafka timestamp (ms) at which each was accepted, evicted in arrival order
-//! once out of the dedup window or over the entry cap. Pure.
+//! id) with the arrival time (ms) at which each was accepted, evicted in arrival order once
+//! out of the dedup window (plus the replay margin); the entry cap only hastens the eviction
+//! of entries already outside the window, never of one inside it. Pure.
 
 use std::collections::VecDeque;
 
@@ -29,36 +30,36 @@ pub(super) struct DedupSet {
 }
 
 impl DedupSet {
-    /// True if `key` was accepted at a timestamp >= `ts - window`; otherwise records it.
+    /// True if `key` was accepted at an arrival time >= `ts - window`.
     #[inline]
-    pub(super) fn check_insert(&mut self, key: DedupKey, ts: i64, window_ms: i64) -> bool {
-        use std::collections::hash_map::Entry;
-        match self.map.entry(key) {
-            Entry::Occupied(mut e) => {
-                if *e.get() >= ts - window_ms {
-                    return true;
-                }
-                e.insert(ts);
-            }
-            Entry::Vacant(e) => {
-                e.insert(ts);
-            }
-        }
-        self.order.push_back((ts, key));
-        false
+    pub(super) fn seen(&self, key: DedupKey, ts: i64, window_ms: i64) -> bool {
+        self.map
+            .get(&key)
+            .is_some_and(|at| *at >= ts.saturating_sub(window_ms))
     }
 
-    /// Evicts entries accepted before `cutoff`, and the oldest ones while more than
-    /// `max_entries` remain; returns how many of those were still inside the window.
-    pub(super) fn evict_before(&mut self, cutoff: i64, max_entries: usize) -> usize {
-        let mut early = 0;
+    /// Records `key` as accepted at `ts` (after [`Self::seen`] said no).
+    #[inline]
+    pub(super) fn insert(&mut self, key: DedupKey, ts: i64) {
+        self.map.insert(key, ts);
+        self.order.push_back((ts, key));
+    }
+
+    /// Evicts entries accepted before `cutoff` (the window plus the replay margin behind the
+    /// newest arrival); while more than `max_entries` remain, also those accepted before
+    /// `window_start` (outside the dedup window, inside the margin). An entry inside the
+    /// window is never dropped: returns how many entries above `max_entries` are kept because
+    /// they are still inside it (pausing consumption is the memory budget's job).
+    pub(super) fn evict_before(
+        &mut self,
+        cutoff: i64,
+        window_start: i64,
+        max_entries: usize,
+    ) -> usize {
         while let Some(&(ts, key)) = self.order.front() {
             let over = self.map.len() > max_entries;
-            if ts >= cutoff && !over {
+            if ts >= cutoff && !(over && ts < window_start) {
                 break;
-            }
-            if ts >= cutoff {
-                early += 1;
             }
             self.order.pop_front();
             if let std::collections::hash_map::Entry::Occupied(e) = self.map.entry(key)
@@ -67,7 +68,7 @@ impl DedupSet {
                 e.remove();
             }
         }
-        early
+        self.map.len().saturating_sub(max_entries)
     }
 
     pub(super) fn len(&self) -> usize {

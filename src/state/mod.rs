@@ -99,7 +99,8 @@ pub struct PartitionState {
     pub replay_until: i64,
     /// Largest event time seen (µs since the epoch), `i64::MIN` if none.
     pub watermark_us: i64,
-    /// Largest Kafka timestamp seen (ms).
+    /// Largest arrival time seen (ms): Kafka record timestamps, each capped at the consumer's
+    /// clock when it was read, so a record stamped in the future cannot move it ahead.
     pub max_ts_ms: i64,
     /// Position covered by the last successful flush.
     pub flushed_position: i64,
@@ -166,7 +167,8 @@ pub struct Processor {
     new_alerts: Vec<Alert>,
     raw_events: Vec<RawEventRecord>,
     dirty_rows: usize,
-    dedup_evicted_early: u64,
+    /// Dedup entries above `max_dedup_entries` kept at the last eviction (inside the window).
+    dedup_over_cap: usize,
     key_buf: Vec<u8>,
 }
 
@@ -184,7 +186,7 @@ impl Processor {
             new_alerts: Vec::new(),
             raw_events: Vec::new(),
             dirty_rows: 0,
-            dedup_evicted_early: 0,
+            dedup_over_cap: 0,
             key_buf: Vec::with_capacity(256),
         }
     }
@@ -219,8 +221,15 @@ impl Processor {
         self.partitions.values().map(|p| p.dedup.len()).sum()
     }
 
-    pub fn dedup_evicted_early(&self) -> u64 {
-        self.dedup_evicted_early
+    /// Identities above `pipeline.max_dedup_entries` that the last eviction kept because they
+    /// are still inside the dedup window.
+    pub fn dedup_over_cap(&self) -> usize {
+        self.dedup_over_cap
+    }
+
+    /// Raw events waiting for a flush (`clickhouse.raw_events`).
+    pub fn raw_events_pending(&self) -> usize {
+        self.raw_events.len()
     }
 
     /// Alerts fired since the last call, to be sent to the alerts topic now.
@@ -255,9 +264,15 @@ impl Processor {
         ps.position = m.offset + 1;
         let replay = m.offset < ps.replay_until;
         let now_ms = now.timestamp_millis();
-        let ts = m.timestamp_ms.filter(|t| *t > 0).unwrap_or(now_ms);
+        // Arrival time: the record timestamp, but never later than the consumer's clock
+        // (CONTRACT section 1): a record stamped in the future arrives now.
+        let arrival = m
+            .timestamp_ms
+            .filter(|t| *t > 0)
+            .unwrap_or(now_ms)
+            .min(now_ms);
 
-        let result = self.evaluate(m, ts.min(now_ms), ts, replay);
+        let result = self.evaluate(m, arrival, replay);
         match result {
             Ok(Some(applied)) => applied,
             Ok(None) => Outcome::Replayed,
@@ -273,8 +288,7 @@ impl Processor {
     fn evaluate(
         &mut self,
         m: &InMessage<'_>,
-        clock_ms: i64,
-        ts: i64,
+        arrival_ms: i64,
         replay: bool,
     ) -> Result<Option<Outcome>, Rejection> {
         let payload = m.payload.unwrap_or_default();
@@ -300,7 +314,7 @@ impl Processor {
             )
         })?;
         let time_us = ev.time.timestamp_micros();
-        if ev.time.timestamp_millis() > clock_ms + self.params.skew_ms {
+        if ev.time.timestamp_millis() > arrival_ms.saturating_add(self.params.skew_ms) {
             return Err(Rejection::new(
                 ErrorCode::FutureEvent,
                 format!(
@@ -337,15 +351,48 @@ impl Processor {
         }
 
         let key = dedup_key(&mut self.key_buf, &ev.subject, &ev.source, &ev.id);
+        let window = self.params.dedup_window_ms;
         let ps = self.partitions.get_mut(&m.partition).expect("owned");
-        if ps.dedup.check_insert(key, ts, self.params.dedup_window_ms) {
+        if ps.dedup.seen(key, arrival_ms, window) {
             return if replay {
                 Ok(None)
             } else {
                 Ok(Some(Outcome::Duplicate))
             };
         }
-        ps.max_ts_ms = ps.max_ts_ms.max(ts);
+        // Every new total is checked before the event is recorded as seen: an event is either
+        // counted on all its meters or rejected whole, and the other totals stay exact.
+        let mut totals: SmallVec<[Decimal; 6]> = SmallVec::new();
+        if !replay {
+            for &(mid, c) in &contributions {
+                let key = RowKey {
+                    tenant: tidx,
+                    meter: mid,
+                    period_start: period.start,
+                    partition: m.partition,
+                };
+                let def = catalog.meter(mid);
+                let cur = match self.shared.rows.get(&key) {
+                    Some(r) if m.offset < r.applied_from => {
+                        // Already included: not added again.
+                        totals.push(r.raw);
+                        continue;
+                    }
+                    Some(r) => r.raw,
+                    None => Decimal::ZERO,
+                };
+                let total = def.try_add(cur, c)?;
+                // The tenant's total over all its partitions must fit too (alerts, reads).
+                if let Some((all, _)) = self.shared.try_tenant_raw(tidx, mid, period.start)? {
+                    def.try_add(all, c)?;
+                }
+                totals.push(total);
+            }
+        }
+        let ps = self.partitions.get_mut(&m.partition).expect("owned");
+        ps.dedup.insert(key, arrival_ms);
+
+        ps.max_ts_ms = ps.max_ts_ms.max(arrival_ms);
         let wm_before = ps.watermark_us;
         ps.watermark_us = ps.watermark_us.max(time_us);
         if replay {
@@ -368,7 +415,7 @@ impl Processor {
         let mut skipped = false;
         // Whether the tenant has rows on other partitions too (noted at the first row).
         let mut spans: Option<bool> = None;
-        for (mid, c) in contributions {
+        for ((mid, _), total) in contributions.into_iter().zip(totals) {
             let key = RowKey {
                 tenant: tidx,
                 meter: mid,
@@ -386,8 +433,8 @@ impl Processor {
                 skipped = true;
                 continue;
             }
-            row.raw += c;
-            row.events += 1;
+            row.raw = total;
+            row.events = row.events.saturating_add(1);
             let raw = row.raw;
             if !row.dirty {
                 row.dirty = true;
@@ -404,10 +451,11 @@ impl Processor {
                 *spans.get_or_insert_with(|| self.shared.note_tenant_partition(tidx, m.partition));
             // The tenant's usage: this row, plus its rows on other partitions (rare).
             let raw = if spans {
-                self.shared
-                    .tenant_raw(tidx, mid, period.start)
-                    .map(|r| r.0)
-                    .unwrap_or(raw)
+                match self.shared.try_tenant_raw(tidx, mid, period.start) {
+                    Ok(Some((r, _))) => r,
+                    // Checked above; unreachable, but never a panic.
+                    _ => raw,
+                }
             } else {
                 raw
             };
@@ -507,7 +555,9 @@ impl Processor {
         ps.flushed_position = replay_until;
         if let Some(c) = &r.checkpoint {
             ps.watermark_us = c.watermark_us;
-            ps.max_ts_ms = c.max_ts_ms;
+            // A checkpoint written before arrival times were capped at the clock may carry
+            // a future timestamp: cap it, or eviction would empty the dedup set.
+            ps.max_ts_ms = c.max_ts_ms.min(Utc::now().timestamp_millis());
         }
         self.partitions.insert(p, ps);
         for (t, start) in &r.first_periods {

@@ -18,6 +18,17 @@ use super::tenants::TenantRegistry;
 use crate::config::Catalog;
 use crate::meter::MeterId;
 
+/// The sum of a tenant's rows over its partitions is beyond `Decimal(38, 9)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the tenant's running total over its partitions would be beyond Decimal(38, 9)")]
+pub struct TenantTotalOverflow;
+
+impl From<TenantTotalOverflow> for crate::event::Rejection {
+    fn from(e: TenantTotalOverflow) -> Self {
+        crate::event::Rejection::new(crate::event::ErrorCode::InvalidData, e.to_string())
+    }
+}
+
 /// Key of one rollup row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RowKey {
@@ -61,6 +72,8 @@ pub struct Shared {
     pub(super) partition_errors: RwLock<BTreeMap<i32, String>>,
     /// Why dead-letter messages or alerts wait for the broker (`None`: nothing waits long).
     pub(super) outbox_blocked: RwLock<Option<String>>,
+    /// Problems that make the instance unready (e.g. a permanent ClickHouse error).
+    pub health: crate::health::Health,
 }
 
 impl Shared {
@@ -76,6 +89,7 @@ impl Shared {
             first_periods: DashMap::new(),
             consumed: AtomicU64::new(0),
             outbox_blocked: RwLock::new(None),
+            health: Default::default(),
         })
     }
 
@@ -192,7 +206,21 @@ impl Shared {
         meter: MeterId,
         period_start: i64,
     ) -> Option<(Decimal, u64)> {
-        let parts = self.tenant_partitions.get(&tenant)?.clone();
+        self.try_tenant_raw(tenant, meter, period_start)
+            .unwrap_or(Some((Decimal::MAX, u64::MAX)))
+    }
+
+    /// [`Self::tenant_raw`], checked: an error when the sum over the tenant's partitions is
+    /// beyond `Decimal(38, 9)` ([`Self::tenant_raw`] saturates instead).
+    pub fn try_tenant_raw(
+        &self,
+        tenant: u32,
+        meter: MeterId,
+        period_start: i64,
+    ) -> Result<Option<(Decimal, u64)>, TenantTotalOverflow> {
+        let Some(parts) = self.tenant_partitions.get(&tenant).map(|v| v.clone()) else {
+            return Ok(None);
+        };
         let mut found = None;
         for p in parts {
             if let Some(r) = self.rows.get(&RowKey {
@@ -202,11 +230,11 @@ impl Shared {
                 partition: p,
             }) {
                 let (raw, n) = found.get_or_insert((Decimal::ZERO, 0u64));
-                *raw += r.raw;
-                *n += r.events;
+                *raw = crate::meter::exact_add(*raw, r.raw).ok_or(TenantTotalOverflow)?;
+                *n = n.saturating_add(r.events);
             }
         }
-        found
+        Ok(found)
     }
 
     /// Records that the tenant has rows on `partition`; returns whether it has rows on

@@ -122,7 +122,7 @@ pub struct Report {
 impl Report {
     /// The event's `value`: whole units, always positive.
     pub fn value(&self) -> i64 {
-        self.after - self.before
+        self.after.saturating_sub(self.before)
     }
 }
 
@@ -223,7 +223,7 @@ pub fn decide(usage: &Usage, reported: i64, target: &Target<'_>, now: i64) -> De
     }
     if units < reported {
         return Decision::CarryForward {
-            over: reported - units,
+            over: reported.saturating_sub(units),
         };
     }
     let report = |before: i64, after: i64, timestamp: i64| Report {
@@ -254,7 +254,8 @@ pub fn decide(usage: &Usage, reported: i64, target: &Target<'_>, now: i64) -> De
             let mut out = Vec::new();
             let mut before = reported;
             while before < units {
-                let after = before + (units - before).min(MAX_EVENT_VALUE);
+                let after =
+                    before.saturating_add(units.saturating_sub(before).min(MAX_EVENT_VALUE));
                 out.push(report(before, after, ts));
                 before = after;
             }

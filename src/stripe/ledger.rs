@@ -71,6 +71,8 @@ struct TotalRow {
     tenant_id: String,
     meter: String,
     period_start: u32,
+    customer: String,
+    rejected: u8,
     reported: i64,
 }
 
@@ -139,26 +141,34 @@ pub async fn usage(
 
 /// Units reported per group: the sum of `value` over its distinct identifiers, whatever
 /// their status (pending ones will be delivered; rejected and unreportable ones are not
-/// retried).
-pub async fn reported(ch: &ClickHouse) -> Result<HashMap<GroupKey, i64>, LedgerError> {
+/// retried), except reports Stripe rejected that were addressed to another customer than
+/// the tenant's current one (`current_customer`): they were refused for a customer id the
+/// configuration has since fixed, so their units are reported again to the right one.
+pub async fn reported(
+    ch: &ClickHouse,
+    current_customer: impl Fn(&str) -> Option<String>,
+) -> Result<HashMap<GroupKey, i64>, LedgerError> {
     let rows: Vec<TotalRow> = ch
         .client()
         .query(&queries::stripe_reported(ch.database()))
         .fetch_all()
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                GroupKey {
-                    tenant: r.tenant_id,
-                    meter: r.meter,
-                    period_start: r.period_start as i64,
-                },
-                r.reported,
-            )
-        })
-        .collect())
+    let mut out: HashMap<GroupKey, i64> = HashMap::new();
+    for r in rows {
+        let refused_for_another_customer =
+            r.rejected == 1 && current_customer(&r.tenant_id).is_some_and(|c| c != r.customer);
+        let units = out
+            .entry(GroupKey {
+                tenant: r.tenant_id,
+                meter: r.meter,
+                period_start: r.period_start as i64,
+            })
+            .or_default();
+        if !refused_for_another_customer {
+            *units = units.saturating_add(r.reported);
+        }
+    }
+    Ok(out)
 }
 
 /// Reports written as pending and not known to be delivered.

@@ -100,6 +100,9 @@ pub struct Reporter {
     /// Partitions owned at the last cycle.
     owned: BTreeSet<i32>,
     last_full: Option<Instant>,
+    /// The catalog of the last full resync: a reload (a fixed `stripe_customer_id`, say)
+    /// triggers another, so that reports refused for the old customer are made again.
+    resynced_catalog: Option<Arc<crate::catalog::Catalog>>,
     /// Real Unix second at which the last successful cycle started.
     since: Option<i64>,
     layout_ok: bool,
@@ -142,6 +145,7 @@ impl Reporter {
             carried: HashMap::new(),
             owned: BTreeSet::new(),
             last_full: None,
+            resynced_catalog: None,
             since: None,
             layout_ok: false,
         })
@@ -180,11 +184,22 @@ impl Reporter {
             metrics::gauge!(t::STRIPE_REPORT_LAG).set(0.0);
             return Ok(CycleStats::default());
         }
+        let catalog_now = self.shared.catalog();
         let full = self.since.is_none()
             || owned != self.owned
-            || self.last_full.is_none_or(|t| t.elapsed() >= FULL_RESYNC);
+            || self.last_full.is_none_or(|t| t.elapsed() >= FULL_RESYNC)
+            || self
+                .resynced_catalog
+                .as_ref()
+                .is_none_or(|c| !Arc::ptr_eq(c, &catalog_now));
         if full {
-            let reported = ledger::reported(&self.ch).await?;
+            let reported = ledger::reported(&self.ch, |tenant| {
+                catalog_now
+                    .tenants
+                    .get(tenant)
+                    .and_then(|t| t.stripe_customer_id.clone())
+            })
+            .await?;
             let pending = ledger::pending(&self.ch).await?;
             self.reported = reported;
             self.pending = pending
@@ -271,9 +286,12 @@ impl Reporter {
         };
         for r in too_old.iter().chain(&expired) {
             if self.pending.remove(&r.identifier).is_none() {
-                *self.reported.entry(r.key.clone()).or_default() += r.value();
+                {
+                    let e = self.reported.entry(r.key.clone()).or_default();
+                    *e = e.saturating_add(r.value());
+                }
             }
-            stats.unreportable_units += r.value();
+            stats.unreportable_units = stats.unreportable_units.saturating_add(r.value());
             metrics::counter!(t::STRIPE_UNREPORTABLE, "meter" => r.key.meter.clone())
                 .increment(r.value() as u64);
             tracing::warn!(tenant = %r.key.tenant, meter = %r.key.meter, period_start = %batch::rfc3339(r.key.period_start),
@@ -281,12 +299,16 @@ impl Reporter {
                 "usage older than Stripe's 35-day window cannot be reported; recorded as unreportable in stripe_reports");
         }
         for r in fresh {
-            *self.reported.entry(r.key.clone()).or_default() += r.value();
+            {
+                let e = self.reported.entry(r.key.clone()).or_default();
+                *e = e.saturating_add(r.value());
+            }
             self.pending.insert(r.identifier.clone(), r);
         }
         self.since = Some(real_start);
         if full {
             self.last_full = Some(Instant::now());
+            self.resynced_catalog = Some(catalog_now);
         }
         self.owned = owned.clone();
 
@@ -346,7 +368,7 @@ impl Reporter {
             self.targets.keys().map(|m| (m.as_str(), 0)).collect();
         for (k, v) in &self.carried {
             if let Some(c) = carried.get_mut(k.meter.as_str()) {
-                *c += v;
+                *c = c.saturating_add(*v);
             }
         }
         for (m, v) in carried {

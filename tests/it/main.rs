@@ -3,6 +3,7 @@
 
 mod common;
 mod faults;
+mod hostile;
 mod malformed;
 mod outbox;
 mod portal;
@@ -10,6 +11,7 @@ mod pricing;
 mod prometheus;
 mod realdata;
 mod rebalance;
+mod sink;
 mod startpos;
 #[cfg(feature = "testkit")]
 mod stripe;

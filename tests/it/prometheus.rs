@@ -153,7 +153,9 @@ fn to_f64(d: Decimal) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_series_the_rules_use() {
-    let w = World::new("prom", 2).extra(&crate::realdata::example_pricing());
+    let w = World::new("prom", 2)
+        .extra(&crate::realdata::example_pricing())
+        .section("metrics", "tenant_gauges = true");
     let dataset = w.dir.join("dataset");
     let tt_minutes = write_subset(&dataset);
     assert!(tt_minutes > Decimal::from(320), "tt is over limit and cap");

@@ -532,3 +532,79 @@ plan = "basic"
     assert_eq!(p.terminate(Duration::from_secs(60)), Some(0));
     stop.cancel();
 }
+
+/// A tenant configured with a customer id Stripe does not know: its reports are rejected
+/// (`meter_event_customer_not_found`). Once the configuration is fixed and reloaded
+/// (SIGHUP), the refused units are reported again, to the right customer, exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn units_refused_for_a_wrong_customer_id_are_reported_once_it_is_fixed() {
+    let stop = CancellationToken::new();
+    let server = TestServer::new(Config {
+        api_key: Some(KEY.into()),
+        customers: Some(BTreeSet::from(["cus_fixed".to_string()])),
+        ..Config::default()
+    });
+    let url = server.spawn(stop.clone()).await.unwrap();
+    let tenants = |customer: &str| {
+        format!("[tenants.t]\nplan = \"basic\"\nstripe_customer_id = \"{customer}\"\n")
+    };
+    // v1: Stripe's v2 meter event stream accepts any customer and reports errors later,
+    // asynchronously; v1 rejects an unknown customer in the response.
+    let mut w = World::new("stripe_fix", 1)
+        .extra(&stripe_section(&url, "v1", 100))
+        .extra(plan());
+    let base = w.extra.clone();
+    w.extra = format!("{base}{}", tenants("cus_typo"));
+    let env = [("STRIPE_API_KEY", KEY)];
+    let mut p = w.run_with("i0", &env);
+    let now = Utc::now() - chrono::Duration::minutes(2);
+    w.produce(&[
+        call("t-1", "t", now, 3, None),
+        call("t-2", "t", now, 4, None),
+    ])
+    .await;
+    let (ch, db) = (w.ch(), w.database.clone());
+    let rejected = eventually(Duration::from_secs(60), || {
+        let (ch, db) = (ch.clone(), db.clone());
+        async move {
+            let l = ledger(&ch, &db).await;
+            l.values()
+                .any(|s| s.0 == "rejected" && s.2 == "meter_event_customer_not_found")
+        }
+    })
+    .await;
+    assert!(
+        rejected,
+        "{:?}\nlog:\n{}",
+        ledger(&ch, &db).await,
+        p.log_text()
+    );
+    assert_eq!(server.summary().value("cus_fixed", "voice_minutes"), 0);
+
+    // The operator fixes the customer id and reloads.
+    w.extra = format!("{base}{}", tenants("cus_fixed"));
+    w.config();
+    crate::common::signal(p.pid().expect("running"), "HUP");
+    let want = || {
+        let s = server.summary();
+        let ok = s.value("cus_fixed", "voice_minutes") == 7 && s.value("cus_fixed", "calls") == 2;
+        async move { ok }
+    };
+    assert!(
+        eventually(Duration::from_secs(60), want).await,
+        "the refused units reported to the fixed customer: {:?}\nlog:\n{}",
+        server.summary(),
+        p.log_text()
+    );
+    // Nothing more, also after a restart (the ledger's resync sees the fixed customer's
+    // reports, and the refused ones stay excluded).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(p.terminate(Duration::from_secs(30)), Some(0));
+    let mut p = w.run_with("i0", &env);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = server.summary();
+    assert_eq!(s.value("cus_fixed", "voice_minutes"), 7, "{s:?}");
+    assert_eq!(s.value("cus_fixed", "calls"), 2, "{s:?}");
+    assert_eq!(p.terminate(Duration::from_secs(30)), Some(0));
+    stop.cancel();
+}

@@ -12,22 +12,29 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: assigned partitions restored and consuming, and every dead-letter message and
-/// alert delivered (else 503 with the topic, the error and the count).
+/// Readiness: assigned partitions restored and consuming, every dead-letter message and
+/// alert delivered, and no problem in effect (else 503 with one line per reason: the
+/// outbox's topic, error and count; a partition that cannot start; a permanent ClickHouse
+/// error).
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = 200, description = "Ready", body = String),
-        (status = 503, description = "Partitions not restored yet (or none assigned), a partition cannot start, or dead-letter messages or alerts undelivered: one line per reason", body = String)
+        (status = 503, description = "Partitions not restored yet (or none assigned), a partition cannot start, dead-letter messages or alerts undelivered, or a permanent ClickHouse error: one line per reason", body = String)
     )
 )]
 pub async fn readyz(State(s): State<ApiState>) -> Response {
     let outbox = s.shared.outbox_blocked();
-    if outbox.is_none() && s.shared.ready() {
+    let problems = s.shared.health.problems();
+    if outbox.is_none() && problems.is_empty() && s.shared.ready() {
         return (StatusCode::OK, "ready\n").into_response();
     }
     let mut body = String::from("not ready\n");
+    for p in problems {
+        body.push_str(&p);
+        body.push('\n');
+    }
     if let Some(why) = outbox {
         body.push_str(&why);
         body.push('\n');

@@ -25,25 +25,60 @@ pub use queries::MIGRATIONS;
 pub use rows::{AlertRow, RollupRow, dec9, dt, from_dec9, now_secs, stored_event_json};
 pub use statements::{StoredLine, StoredStatement};
 
-/// A ClickHouse failure. All are retryable from the pipeline's point of view (the server may
-/// come back, a missing table may be migrated); the flag tells operators what to expect.
+/// A ClickHouse failure, classified by [`SinkError::is_transient`]: transient ones (the
+/// server unreachable or hung, overloaded, 5xx) are retried with backoff; permanent ones
+/// (authentication, a schema that does not match) need an operator: the pipeline keeps its
+/// state, retries slowly and answers 503 on `/readyz` naming the error.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("ClickHouse request failed: {0}")]
     Request(#[from] clickhouse::error::Error),
     #[error("ClickHouse returned an out-of-range value: {0}")]
     Data(String),
+    #[error("ClickHouse request timed out after {0:?}")]
+    Timeout(Duration),
 }
 
+/// ClickHouse error codes that no retry fixes: authentication and access (516, 192, 194,
+/// 497), unknown database, table or column (81, 60, 16, 47), a type or format that does not
+/// match (53, 70, 27, 33, 62, 117).
+const PERMANENT_CODES: &[u32] = &[516, 192, 194, 497, 81, 60, 16, 47, 53, 70, 27, 33, 62, 117];
+
 impl SinkError {
-    /// Network errors and timeouts are transient; others likely need an operator.
+    /// Whether a retry can succeed without an operator: network errors, timeouts, 5xx and
+    /// server-side overload (too many parts, memory limit, ...) are transient; the codes in
+    /// `PERMANENT_CODES`, and responses the client cannot decode (a schema mismatch), are not.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            SinkError::Request(clickhouse::error::Error::Network(_))
-                | SinkError::Request(clickhouse::error::Error::TimedOut)
-        )
+        use clickhouse::error::Error as E;
+        match self {
+            SinkError::Timeout(_) => true,
+            SinkError::Data(_) => false,
+            SinkError::Request(e) => match e {
+                E::Network(_) | E::TimedOut => true,
+                E::BadResponse(msg) => match exception_code(msg) {
+                    Some(code) => !PERMANENT_CODES.contains(&code),
+                    // No exception code: an HTTP status without a ClickHouse body (a proxy).
+                    None => !(msg.contains("401") || msg.contains("403") || msg.contains("404")),
+                },
+                E::SchemaMismatch(_)
+                | E::NotEnoughData
+                | E::InvalidColumnsHeader(_)
+                | E::DataFormat(_)
+                | E::InvalidParams(_)
+                | E::Unsupported(_) => false,
+                _ => true,
+            },
+        }
     }
+}
+
+/// The `N` of `Code: N.` in a ClickHouse exception text.
+fn exception_code(msg: &str) -> Option<u32> {
+    let rest = &msg[msg.find("Code: ")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// The ClickHouse side of the pipeline.
@@ -54,6 +89,8 @@ pub struct ClickHouse {
     /// Without a default database (for `CREATE DATABASE`).
     admin: Client,
     db: String,
+    /// Bound on each request (`clickhouse.request_timeout`).
+    timeout: Duration,
 }
 
 impl ClickHouse {
@@ -67,6 +104,18 @@ impl ClickHouse {
             client: admin.clone().with_database(&s.database),
             admin,
             db: s.database.clone(),
+            timeout: s.request_timeout,
+        }
+    }
+
+    /// Runs `fut` (one or more requests) bounded by `clickhouse.request_timeout`.
+    pub async fn timed<T>(
+        &self,
+        fut: impl Future<Output = Result<T, SinkError>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::Timeout(self.timeout)),
         }
     }
 
@@ -87,6 +136,10 @@ impl ClickHouse {
 
     /// Creates the database and every table that is missing; changes nothing that exists.
     pub async fn migrate(&self) -> Result<Vec<String>, SinkError> {
+        self.timed(self.migrate_inner()).await
+    }
+
+    async fn migrate_inner(&self) -> Result<Vec<String>, SinkError> {
         self.admin
             .query(&queries::create_database(&self.db))
             .execute()
@@ -103,8 +156,11 @@ impl ClickHouse {
 
     /// Round-trip check.
     pub async fn ping(&self) -> Result<(), SinkError> {
-        self.admin.query(queries::PING).fetch_one::<u8>().await?;
-        Ok(())
+        self.timed(async {
+            self.admin.query(queries::PING).fetch_one::<u8>().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// A tenant's stored usage of `meter` in the period starting at `period_start`
@@ -116,12 +172,16 @@ impl ClickHouse {
         period_start: i64,
     ) -> Result<(Decimal, u64), SinkError> {
         let (v, n): (i128, u64) = self
-            .client
-            .query(&queries::tenant_meter_usage(&self.db))
-            .bind(tenant)
-            .bind(meter)
-            .bind(dt(period_start))
-            .fetch_one()
+            .timed(async {
+                Ok(self
+                    .client
+                    .query(&queries::tenant_meter_usage(&self.db))
+                    .bind(tenant)
+                    .bind(meter)
+                    .bind(dt(period_start))
+                    .fetch_one()
+                    .await?)
+            })
             .await?;
         Ok((from_dec9(v)?, n))
     }
@@ -136,4 +196,37 @@ pub fn flush_backoff() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clickhouse::error::Error as E;
+
+    fn bad(msg: &str) -> SinkError {
+        SinkError::Request(E::BadResponse(msg.into()))
+    }
+
+    #[test]
+    fn classification() {
+        assert!(SinkError::Timeout(Duration::from_secs(1)).is_transient());
+        assert!(SinkError::Request(E::TimedOut).is_transient());
+        assert!(SinkError::Request(E::Network("refused".into())).is_transient());
+        assert!(bad("Code: 252. DB::Exception: Too many parts (300).").is_transient());
+        assert!(bad("Code: 241. DB::Exception: Memory limit (total) exceeded").is_transient());
+        assert!(bad("bad response: 503 Service Unavailable").is_transient());
+        assert!(
+            !bad("Code: 516. DB::Exception: default: Authentication failed: password is incorrect")
+                .is_transient()
+        );
+        assert!(
+            !bad("Code: 60. DB::Exception: Unknown table expression identifier").is_transient()
+        );
+        assert!(!bad("Code: 16. DB::Exception: No such column x in table").is_transient());
+        assert!(!bad("Code: 53. DB::Exception: Type mismatch").is_transient());
+        assert!(!SinkError::Request(E::SchemaMismatch("x".into())).is_transient());
+        assert!(!SinkError::Data("x".into()).is_transient());
+        assert_eq!(exception_code("Code: 81. DB::Exception"), Some(81));
+        assert_eq!(exception_code("no code"), None);
+    }
 }

@@ -302,14 +302,16 @@ pub fn stripe_usage(db: &str, since: bool) -> String {
     )
 }
 
-/// Stripe: units reported per (tenant, meter, period), the sum of `value` over distinct
-/// identifiers, `(tenant_id, meter, period_start, reported)` (binds nothing).
+/// Stripe: units reported per (tenant, meter, period, customer, rejected or not), the sum of
+/// `value` over distinct identifiers, `(tenant_id, meter, period_start, customer, rejected,
+/// reported)` (binds nothing).
 pub fn stripe_reported(db: &str) -> String {
     format!(
-        "SELECT tenant_id, meter, toUInt32(period_start), toInt64(sum(v)) FROM \
-         (SELECT tenant_id, meter, period_start, identifier, any(value) AS v FROM {db}.{STRIPE_REPORTS} \
+        "SELECT tenant_id, meter, toUInt32(period_start), customer, toUInt8(rejected), toInt64(sum(v)) FROM \
+         (SELECT tenant_id, meter, period_start, identifier, any(stripe_customer_id) AS customer, \
+          argMax(status, version) = 'rejected' AS rejected, any(value) AS v FROM {db}.{STRIPE_REPORTS} \
           GROUP BY tenant_id, meter, period_start, identifier) \
-         GROUP BY tenant_id, meter, period_start"
+         GROUP BY tenant_id, meter, period_start, customer, rejected"
     )
 }
 

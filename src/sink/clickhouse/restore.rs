@@ -10,8 +10,21 @@ use crate::state::{Checkpoint, Restored, StoredRow};
 impl ClickHouse {
     /// Loads what a partition needs on assignment: its checkpoint, the rows of periods that
     /// can still take events (end + grace at or after the checkpoint watermark; all rows
-    /// without a checkpoint), their alerts, and each tenant's earliest period.
+    /// without a checkpoint), their alerts, and each tenant's earliest period. Bounded by
+    /// four times `clickhouse.request_timeout` (it reads several tables).
     pub async fn restore(
+        &self,
+        topic: &str,
+        partition: i32,
+        grace_secs: i64,
+    ) -> Result<Restored, SinkError> {
+        let bound = self.timeout.saturating_mul(4);
+        tokio::time::timeout(bound, self.restore_inner(topic, partition, grace_secs))
+            .await
+            .unwrap_or(Err(SinkError::Timeout(bound)))
+    }
+
+    async fn restore_inner(
         &self,
         topic: &str,
         partition: i32,

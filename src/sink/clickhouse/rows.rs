@@ -13,21 +13,45 @@ use serde::{Deserialize, Serialize};
 use super::SinkError;
 use crate::alerts::Alert;
 
-/// Decimal -> units of 1e-9 (Decimal(38, 9) in RowBinary).
+/// Decimal -> units of 1e-9 (Decimal(38, 9) in RowBinary), exact for every value with at
+/// most 9 fraction digits (more are rounded half-up to 9): the mantissa times
+/// `10^(9 - scale)`, in i128. (`Decimal::rescale(9)` cannot reach scale 9 above about
+/// 7.9e19, its 96-bit mantissa being too small, and silently keeps a lower scale.) Every
+/// `Decimal` fits: at most 7.9e28 x 10^9 < 2^127.
 pub fn dec9(d: Decimal) -> i128 {
-    let mut d = d;
-    d.rescale(9);
-    d.mantissa()
+    let d = if d.scale() > 9 {
+        crate::meter::round_half_up(d, 9)
+    } else {
+        d
+    };
+    10i128
+        .checked_pow(9 - d.scale())
+        .and_then(|f| d.mantissa().checked_mul(f))
+        // Unreachable (see above); saturate rather than panic.
+        .unwrap_or(if d.is_sign_negative() {
+            i128::MIN
+        } else {
+            i128::MAX
+        })
 }
 
-/// Units of 1e-9 -> Decimal.
+/// Units of 1e-9 -> Decimal, exact: trailing zero digits are dropped from the mantissa
+/// while it is too large for `Decimal`'s 96 bits (1e20 is 1e29 units).
 ///
 /// Errors: [`SinkError::Data`] when the value does not fit a `Decimal`.
 pub fn from_dec9(v: i128) -> Result<Decimal, SinkError> {
-    Decimal::try_from_i128_with_scale(v, 9)
+    let (mut m, mut scale) = (v, 9u32);
+    while scale > 0 && m % 10 == 0 && m.unsigned_abs() > MAX_MANTISSA {
+        m /= 10;
+        scale -= 1;
+    }
+    Decimal::try_from_i128_with_scale(m, scale)
         .map(|d| d.normalize())
         .map_err(|e| SinkError::Data(format!("decimal {v}e-9: {e}")))
 }
+
+/// The largest mantissa a `Decimal` holds (2^96 - 1).
+const MAX_MANTISSA: u128 = (1u128 << 96) - 1;
 
 /// Unix seconds -> `DateTime('UTC')` (u32 seconds), clamped to its range.
 pub fn dt(secs: i64) -> u32 {
@@ -174,6 +198,38 @@ mod tests {
             assert_eq!(from_dec9(dec9(d)).unwrap(), d.normalize(), "{s}");
         }
         assert_eq!(dec9(Decimal::new(15, 1)), 1_500_000_000);
+    }
+
+    #[test]
+    fn decimal_encoding_is_exact_at_the_edges() {
+        let e9 = 1_000_000_000i128;
+        let cases: [(&str, i128); 6] = [
+            ("100000000000000000000", 100_000_000_000_000_000_000 * e9),
+            ("-100000000000000000000", -100_000_000_000_000_000_000 * e9),
+            (
+                "79000000000000000000000000000",
+                79_000_000_000_000_000_000_000_000_000 * e9,
+            ),
+            ("0.000000001", 1),
+            ("-0.000000001", -1),
+            (
+                "79228162514264337593543950335",
+                79_228_162_514_264_337_593_543_950_335 * e9,
+            ),
+        ];
+        for (s, units) in cases {
+            let d: Decimal = s.parse().unwrap();
+            assert_eq!(dec9(d), units, "{s}");
+            assert_eq!(from_dec9(units).unwrap(), d.normalize(), "{s}");
+        }
+        // 1e20 was stored as 0 by rescale(9).
+        let d: Decimal = "100000000000000000000".parse().unwrap();
+        assert_ne!(dec9(d), 0);
+        // More than 9 fraction digits: rounded half-up to 9.
+        assert_eq!(dec9("0.0000000015".parse().unwrap()), 2);
+        // The largest Decimal(38, 9) value that a Decimal holds round-trips; one beyond
+        // Decimal's range is an error, not a wrong value.
+        assert!(from_dec9(i128::MAX / 2 + 1).is_err());
     }
 
     #[test]

@@ -13,11 +13,16 @@ use crate::alerts::Alert;
 use crate::state::FlushBatch;
 
 impl ClickHouse {
-    /// Writes a flush batch in order (see the module docs). Idempotent.
+    /// Writes a flush batch in order (see the module docs), bounded by
+    /// `clickhouse.request_timeout`. Idempotent.
     pub async fn write_batch(&self, topic: &str, batch: &FlushBatch) -> Result<(), SinkError> {
+        self.timed(self.write_batch_inner(topic, batch)).await
+    }
+
+    async fn write_batch_inner(&self, topic: &str, batch: &FlushBatch) -> Result<(), SinkError> {
         let now = now_secs();
         if !batch.alerts.is_empty() {
-            self.insert_alerts(&batch.alerts).await?;
+            self.insert_alerts_inner(&batch.alerts).await?;
         }
         if !batch.raw_events.is_empty() {
             let mut ins = self.client.insert::<RawEventRow>(CALL_EVENTS).await?;
@@ -98,6 +103,10 @@ impl ClickHouse {
 
     /// Inserts alerts into `usage_alerts`.
     pub async fn insert_alerts(&self, alerts: &[Alert]) -> Result<(), SinkError> {
+        self.timed(self.insert_alerts_inner(alerts)).await
+    }
+
+    async fn insert_alerts_inner(&self, alerts: &[Alert]) -> Result<(), SinkError> {
         let mut ins = self.client.insert::<AlertRow>(USAGE_ALERTS).await?;
         for a in alerts {
             ins.write(&AlertRow::from_alert(a)).await?;

@@ -99,6 +99,27 @@ fn test_root() -> PathBuf {
     p
 }
 
+/// A process's resident memory in kB (`VmRSS` of /proc/PID/status).
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Sends a signal (`STOP`, `CONT`, ...) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
 /// A ClickHouse server process.
 pub struct ClickHouseServer {
     pub url: String,
@@ -151,6 +172,11 @@ impl ClickHouseServer {
             assert!(Instant::now() < deadline, "ClickHouse did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The server's process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the server (an outage).
@@ -390,15 +416,7 @@ group.consumer.heartbeat.interval.ms=1000
 
     /// The broker's resident memory in kB (from /proc), when running.
     pub fn rss_kb(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        rss_kb(self.child.as_ref()?.id())
     }
 
     /// Creates a topic (neither broker auto-creates).
@@ -540,6 +558,33 @@ pub fn create_topic_admin(brokers: &str, name: &str, partitions: u32, configs: &
     }
 }
 
+/// Sets topic configs on an existing topic with rdkafka's admin client (incremental
+/// semantics are not needed: the test sets what it names).
+pub fn alter_topic(brokers: &str, name: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (k, v) in configs {
+        change = change.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = std::thread::scope(|s| {
+        s.spawn(|| futures::executor::block_on(admin.alter_configs([&change], &opts)))
+            .join()
+            .expect("admin thread")
+    })
+    .expect("alter configs");
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("altering topic {t:?}: {e}");
+        }
+    }
+}
+
 /// A unique name for this test's resources.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -665,8 +710,15 @@ database = "{db}"
 listen = "127.0.0.1:{port}"
 tokens = ["test-token"]
 
+{other_sections}
 {extra}
 "#,
+            other_sections = self
+                .sections
+                .iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "pipeline" | "clickhouse"))
+                .map(|(name, body)| format!("[{name}]\n{body}\n"))
+                .collect::<String>(),
             brokers = self.brokers,
             group = self.group,
             topic = self.topic,
@@ -871,6 +923,11 @@ impl Pipeline {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {
