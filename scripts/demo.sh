@@ -9,7 +9,10 @@
 #
 #   scripts/demo.sh [DATASET_DIR]      (default: data/anonbank, shipped in the repo)
 #
-# BROKER=tansu runs it on tansu (SQLite engine) instead of Apache Kafka.
+# BROKER=tansu runs it on tansu (SQLite engine) instead of Apache Kafka. It also signs a
+# tenant portal token and prints the usage page's URL for anonbank-ne (February 1999), and
+# saves that page to .demo/portal.html (self-contained: it opens offline);
+# DEMO_PORTAL_WAIT=SECONDS keeps the pipeline up that long so the URL can be opened.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -46,6 +49,13 @@ export CALLMETER_API__LISTEN="127.0.0.1:$API_PORT"
 export CALLMETER_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_PORT"
 export CALLMETER_STRIPE__METER_EVENTS_BASE="http://127.0.0.1:$STRIPE_PORT"
 export STRIPE_API_KEY="sk_test_callmeter_demo"
+# The tenant portal: an admin token to sign portal tokens, a fresh HMAC secret per run, and
+# the raw events stored so that the page can chart usage per day.
+export CALLMETER_API__ADMIN_TOKENS='["demo-admin"]'
+CALLMETER_API__PORTAL_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+export CALLMETER_API__PORTAL_SECRET
+export CALLMETER_API__PORTAL_UPGRADE_URL="https://example.com/upgrade"
+export CALLMETER_CLICKHOUSE__RAW_EVENTS=true
 
 "$BIN" migrate --config "$CONFIG"
 echo "demo: starting the pipeline (log: .demo/callmeter.log, API: http://127.0.0.1:$API_PORT)"
@@ -86,6 +96,20 @@ done
 echo "demo: statements API for anonbank-ne (closed periods, newest first):"
 curl -sf -H "Authorization: Bearer change-me" \
   "http://127.0.0.1:$API_PORT/v1/tenants/anonbank-ne/statements" | python3 -m json.tool
+echo
+
+PORTAL_PATH=$(curl -sf -H "Authorization: Bearer demo-admin" -H "Content-Type: application/json" \
+  -d '{"tenant_id": "anonbank-ne", "ttl": "1h"}' "http://127.0.0.1:$API_PORT/v1/portal/tokens" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["url"])')
+PORTAL_URL="http://127.0.0.1:$API_PORT$PORTAL_PATH&at=1999-02-15T12:00:00%2B02:00"
+curl -sf "$PORTAL_URL" -o "$DEMO/portal.html"
+echo "demo: tenant portal for anonbank-ne, February 1999 (token valid 1 h):"
+echo "  $PORTAL_URL"
+echo "  (a copy of the page: .demo/portal.html)"
+if [ -n "${DEMO_PORTAL_WAIT:-}" ]; then
+  echo "demo: keeping the pipeline up for ${DEMO_PORTAL_WAIT} s (DEMO_PORTAL_WAIT)"
+  sleep "$DEMO_PORTAL_WAIT"
+fi
 echo
 
 kill -TERM "$PIPE"; wait "$PIPE" || true

@@ -5,7 +5,8 @@
 #   packages), the Apache Kafka broker jars (the version pinned in scripts/kafka/pom.xml,
 #   from Maven Central into .tools/kafka/libs), tansu (a Kafka-compatible broker without
 #   Java, built with cargo: about 8 minutes on 2 cores the first time) and chdb-core (PyPI:
-#   a current ClickHouse engine in-process, for scripts/check_ddl_current.py).
+#   a current ClickHouse engine in-process, for scripts/check_ddl_current.py), Chromium and
+#   chromedriver (Debian packages, for the portal's browser test).
 # Debian packages need root (or sudo).
 set -euo pipefail
 
@@ -17,6 +18,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# The portal's browser test: headless Chromium driven by chromedriver.
+[ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -87,6 +87,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
         tokens: tokens.read.clone(),
         admin_tokens: tokens.admin.clone(),
         events: Some(events),
+        portal: crate::api::portal::Portal::from_settings(&config.settings),
         wallets: Some(wallets),
     };
     if config.settings.metrics.tenant_gauges {
@@ -333,7 +334,8 @@ async fn signals(path: PathBuf, shared: Arc<Shared>, tokens: Tokens, shutdown: C
     }
 }
 
-/// Reloads meters' plans, tenants and API tokens (SIGHUP, or the file changed). A config
+/// Reloads meters' plans, tenants and API tokens, read and admin (SIGHUP, or the file
+/// changed); the portal secret takes effect at the next start. A config
 /// that does not validate, or that changes meter definitions (they need a restart), is
 /// rejected with the reason logged and the old one kept. Other settings (Kafka,
 /// ClickHouse, pipeline) take effect at the next start.

@@ -719,7 +719,10 @@ fn charges_with(ar: Arith, input: &ChargeInput<'_>) -> Result<Charges, PricingEr
             fee = ar.div(part, Decimal::from(period.seconds().max(1)));
         }
         let share = if prorated {
-            ar.div(Decimal::from(seg.secs), Decimal::from(period.seconds().max(1)))
+            ar.div(
+                Decimal::from(seg.secs),
+                Decimal::from(period.seconds().max(1)),
+            )
         } else {
             Decimal::ONE
         };

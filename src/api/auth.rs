@@ -42,6 +42,14 @@ pub fn is_admin(admin: &Tokens, headers: &HeaderMap) -> bool {
     authorized(admin, headers)
 }
 
+/// The token of an `Authorization: Bearer <token>` header, trimmed; None without one (the
+/// portal routes check it against their own credential, [`super::portal::token`]).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = v.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
 fn authorized(tokens: &Tokens, headers: &HeaderMap) -> bool {
     let Some(v) = headers
         .get(header::AUTHORIZATION)

@@ -22,6 +22,19 @@ pub enum ApiError {
     /// 401: no `Authorization: Bearer` header, or not one of the configured tokens.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// 403: a write route with a token that may only read.
+    #[error("this route needs one of api.admin_tokens")]
+    Forbidden,
+    /// 401: a portal route without a valid portal token (missing, forged, expired: not
+    /// told apart).
+    #[error("missing, forged or expired portal token")]
+    PortalUnauthorized,
+    /// 503: `api.portal_secret` is empty.
+    #[error("the tenant portal is off: set api.portal_secret to turn it on")]
+    PortalOff,
+    /// 400: the request body or a header is malformed.
+    #[error("{0}")]
+    BadRequest(String),
     /// 400: `?at=` is not RFC 3339 with an offset.
     #[error("`at` must be RFC 3339 with an offset: {0}")]
     BadAt(#[source] chrono::ParseError),
@@ -34,12 +47,6 @@ pub enum ApiError {
     /// 404: neither a meter nor a feature of that name.
     #[error("unknown meter or feature `{0}`")]
     UnknownEntitlement(String),
-    /// 403: a write route with a token that may only read.
-    #[error("this route needs one of api.admin_tokens")]
-    Forbidden,
-    /// 400: the request body or a header is malformed.
-    #[error("{0}")]
-    BadRequest(String),
     /// 422: the change names an unknown plan or add-on, or the tenant cannot make it.
     #[error("{0}")]
     Unprocessable(String),
@@ -67,7 +74,8 @@ impl ApiError {
     /// The status code of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::PortalUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PortalOff => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadAt(_) | ApiError::BadRequest(_) | ApiError::BadLimit { .. } => {
                 StatusCode::BAD_REQUEST
             }

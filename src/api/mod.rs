@@ -3,7 +3,8 @@
 //! [`ApiDoc`], kept in `schemas/openapi.json` (a test checks that the file matches the code).
 //!
 //! Rooms: this file holds the state and the router; [`routes`] the handlers (health, usage,
-//! entitlement), [`auth`] the bearer-auth layer in front of `/v1/*`, [`error`] the error
+//! entitlement, statements), [`portal`] the tenant portal (tokens, the page, its JSON
+//! routes), [`auth`] the bearer-auth layer in front of `/v1/*`, [`error`] the error
 //! answers ([`ApiError`]), [`openapi`] the document.
 //!
 //! Usage comes from memory when this instance holds the tenant's rows for the period, else
@@ -41,7 +42,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 
 use crate::sink::clickhouse::ClickHouse;
 use crate::state::Shared;
@@ -50,6 +51,7 @@ use crate::telemetry::Telemetry;
 pub mod auth;
 pub mod error;
 pub mod openapi;
+pub mod portal;
 pub mod routes;
 
 pub use error::{ApiError, ErrorBody};
@@ -71,12 +73,15 @@ pub struct ApiState {
     /// Where `PUT /v1/tenants/{tenant}/subscription` produces its events (`None`: the
     /// route answers 503).
     pub events: Option<routes::subscription::EventsProducer>,
+    /// The tenant portal's secret and settings.
+    pub portal: portal::Portal,
     /// Wallet balances, when the wallet service runs.
     pub wallets: Option<Arc<crate::wallet::Wallets>>,
 }
 
 /// The router of CONTRACT section 6: `/v1/*` behind the bearer-auth layer (a route layer, so
-/// an unknown path stays 404).
+/// an unknown path stays 404), except the two portal routes, which take a portal token
+/// instead; the portal page at `/portal/`.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route(
@@ -99,6 +104,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/tenants/{tenant}/subscription",
             put(routes::subscription::put_subscription),
         )
+        .route("/v1/portal/tokens", post(portal::create_token))
         .route_layer(from_fn_with_state(
             auth::AuthTokens {
                 read: state.tokens.clone(),
@@ -110,6 +116,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
+        .route("/v1/portal/usage", get(portal::usage))
+        .route("/v1/portal/statements", get(portal::statements))
+        .route("/portal/", get(portal::page))
+        .route("/portal", get(portal::page))
         .merge(v1)
         .with_state(state)
 }

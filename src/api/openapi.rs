@@ -4,12 +4,16 @@
 use utoipa::OpenApi;
 
 use super::error::ErrorBody;
+use super::portal::{
+    __path_create_token, __path_statements as __path_portal_statements,
+    __path_usage as __path_portal_usage, TokenRequest, TokenResponse,
+};
 use super::routes::entitlement::{
     __path_entitlement, __path_entitlements, AnyEntitlement, Entitlements,
 };
 use super::routes::health::{__path_healthz, __path_metrics, __path_readyz};
-use super::routes::subscription::{__path_put_subscription, SubscriptionAccepted};
 use super::routes::statements::{__path_statements, StatementsBody};
+use super::routes::subscription::{__path_put_subscription, SubscriptionAccepted};
 use super::routes::tenant_usage::{
     __path_usage, MeterUsageBody, PeriodBody, UsageBody, WalletBody,
 };
@@ -30,7 +34,10 @@ use crate::pricing::{self, Charges};
         entitlement,
         entitlements,
         statements,
-        put_subscription
+        put_subscription,
+        create_token,
+        portal_usage,
+        portal_statements
     ),
     components(schemas(
         UsageBody,
@@ -47,6 +54,8 @@ use crate::pricing::{self, Charges};
         StatementsBody,
         crate::statement::StatementBody,
         crate::statement::StatementLineBody,
+        TokenRequest,
+        TokenResponse,
         ErrorBody
     )),
     modifiers(&BearerAuth)
@@ -64,7 +73,16 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("One of `[api] tokens` or `[api] admin_tokens` (CALLMETER_API__TOKENS, CALLMETER_API__ADMIN_TOKENS); writes need an admin token."))
+                    .description(Some("One of `[api] tokens` or `[api] admin_tokens` (or CALLMETER_API__TOKENS, CALLMETER_API__ADMIN_TOKENS); writes need an admin token."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "portal",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A portal token from `POST /v1/portal/tokens`: opens its tenant's portal routes only."))
                     .build(),
             ),
         );

@@ -84,6 +84,7 @@ async fn server(config: &str, events: &[String]) -> Server {
         tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["tok".to_string()])),
         admin_tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec!["admin".to_string()])),
         events: None,
+        portal: portal::Portal::default(),
         wallets: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -297,6 +298,9 @@ fn openapi_document_is_in_sync() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/portal/statements",
+            "/v1/portal/tokens",
+            "/v1/portal/usage",
             "/v1/tenants/{tenant}/entitlements",
             "/v1/tenants/{tenant}/entitlements/{name}",
             "/v1/tenants/{tenant}/statements",
@@ -327,6 +331,21 @@ fn openapi_document_is_in_sync() {
             "wallet"
         ]
     );
+    assert_eq!(
+        props("StatementBody"),
+        [
+            "closed_at",
+            "currency",
+            "lines",
+            "period_end",
+            "period_start",
+            "plan",
+            "statement_id",
+            "tenant_id",
+            "total"
+        ]
+    );
+    assert_eq!(props("TokenResponse"), ["expires_at", "token", "url"]);
     assert_eq!(
         props("MeterUsageBody"),
         ["alerts", "limit", "meter", "ratio", "remaining", "usage"]

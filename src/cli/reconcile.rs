@@ -83,14 +83,8 @@ pub async fn reconcile(
         if !period.contains(secs) {
             continue;
         }
-        let time = chrono::DateTime::from_timestamp_micros(time_us).unwrap_or_default();
-        let json = serde_json::json!({
-            "specversion": "1.0", "id": id, "source": source, "type": ty, "subject": tenant,
-            "time": time.to_rfc3339(),
-        });
-        let mut text = json.to_string();
-        text.pop();
-        text.push_str(&format!(",\"data\":{data}}}"));
+        let text =
+            crate::sink::clickhouse::stored_event_json(&tenant, &source, &id, &ty, time_us, &data);
         let Ok(ev) = crate::event::decode(text.as_bytes(), |t| cat.by_event_type.contains_key(t))
         else {
             continue;

@@ -342,15 +342,25 @@ impl Default for PipelineSettings {
     }
 }
 
-/// `[api]`: the HTTP listener and bearer tokens for `/v1/*`.
+/// `[api]`: the HTTP listener, bearer tokens for `/v1/*`, and the tenant portal
+/// (CONTRACT sections 6, 9 and 10).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
+    /// `host:port` of the listener.
     pub listen: String,
+    /// Bearer tokens that may read `/v1/*`.
     pub tokens: Vec<String>,
-    /// Tokens that may also write (`PUT /v1/tenants/{tenant}/subscription`); a token only in
-    /// `tokens` gets 403 there (`CALLMETER_API__ADMIN_TOKENS`).
+    /// Tokens that may also write (`PUT /v1/tenants/{tenant}/subscription`, `POST
+    /// /v1/portal/tokens`); a token only in `tokens` gets 403 there
+    /// (`CALLMETER_API__ADMIN_TOKENS`).
     pub admin_tokens: Vec<String>,
+    /// The HMAC-SHA256 key of portal tokens (`CALLMETER_API__PORTAL_SECRET`); empty: no
+    /// portal (its routes answer 503). At least 32 bytes when set.
+    pub portal_secret: String,
+    /// Where the portal's "upgrade" link points when a hard limit is near (an `http://` or
+    /// `https://` URL); none: no link.
+    pub portal_upgrade_url: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -359,9 +369,15 @@ impl Default for ApiSettings {
             listen: "127.0.0.1:8080".into(),
             tokens: vec![],
             admin_tokens: vec![],
+            portal_secret: String::new(),
+            portal_upgrade_url: None,
         }
     }
 }
+
+/// The shortest `api.portal_secret` accepted, in bytes (the HMAC-SHA256 output size: a
+/// shorter key weakens the MAC below its tag length).
+pub const PORTAL_SECRET_MIN_BYTES: usize = 32;
 
 /// `[metrics]`: Prometheus exposition options.
 #[derive(Debug, Clone, Deserialize, Serialize)]

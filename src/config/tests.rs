@@ -489,7 +489,41 @@ fn examples_show_features_in_the_plan_table() {
 }
 
 #[test]
-fn rejects_empty_admin_tokens() {
-    let e = err("[api]\nadmin_tokens = [\"\"]\n");
-    assert_eq!(e.key, "api.admin_tokens");
+fn portal_and_admin_settings() {
+    let c = Config::from_toml_str(BASE).unwrap();
+    assert!(c.settings.api.admin_tokens.is_empty());
+    assert_eq!(c.settings.api.portal_secret, "");
+    assert_eq!(c.settings.api.portal_upgrade_url, None);
+    let secret = "k".repeat(crate::config::PORTAL_SECRET_MIN_BYTES);
+    let ok = Config::from_toml_str(&format!(
+        "[api]\nadmin_tokens = [\"adm\"]\nportal_secret = \"{secret}\"\nportal_upgrade_url = \"https://example.com/upgrade?x=1\"\n{BASE}"
+    ))
+    .unwrap();
+    assert_eq!(ok.settings.api.admin_tokens, vec!["adm".to_string()]);
+    assert_eq!(ok.settings.api.portal_secret, secret);
+    assert_eq!(
+        ok.settings.api.portal_upgrade_url.as_deref(),
+        Some("https://example.com/upgrade?x=1")
+    );
+    let short = &secret[1..];
+    assert_eq!(
+        err(&format!("[api]\nportal_secret = \"{short}\"\n")).key,
+        "api.portal_secret"
+    );
+    assert_eq!(
+        err("[api]\nadmin_tokens = [\"\"]\n").key,
+        "api.admin_tokens"
+    );
+    for bad in [
+        "javascript:alert(1)",
+        "example.com",
+        "https://",
+        "https://a b",
+    ] {
+        assert_eq!(
+            err(&format!("[api]\nportal_upgrade_url = \"{bad}\"\n")).key,
+            "api.portal_upgrade_url",
+            "{bad}"
+        );
+    }
 }

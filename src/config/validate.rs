@@ -125,6 +125,26 @@ pub(super) fn runtime(s: &Settings) -> Result<(), ConfigError> {
             "tokens must not be empty",
         ));
     }
+    let secret = &s.api.portal_secret;
+    if !secret.is_empty() && secret.len() < super::settings::PORTAL_SECRET_MIN_BYTES {
+        return Err(ConfigError::new(
+            "api.portal_secret",
+            format!(
+                "must be empty (no portal) or at least {} bytes, e.g. `openssl rand -hex 32`",
+                super::settings::PORTAL_SECRET_MIN_BYTES
+            ),
+        ));
+    }
+    if let Some(u) = &s.api.portal_upgrade_url
+        && !((u.starts_with("https://") || u.starts_with("http://"))
+            && u.len() > "https://".len()
+            && !u.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(ConfigError::new(
+            "api.portal_upgrade_url",
+            "must be an http:// or https:// URL without spaces",
+        ));
+    }
     let st = &s.stripe;
     if st.api != "v1" && st.api != "v2" {
         return Err(ConfigError::new("stripe.api", "must be \"v1\" or \"v2\""));

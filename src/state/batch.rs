@@ -12,8 +12,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{AlertKey, Processor, RowKey};
 use crate::alerts::Alert;
-use crate::subscription::SubscriptionRecord;
 use crate::statement::Statement;
+use crate::subscription::SubscriptionRecord;
 
 /// One row of a flush batch.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@ mod faults;
 mod hostile;
 mod malformed;
 mod outbox;
+mod portal;
 mod pricing;
 mod prometheus;
 mod realdata;

@@ -24,7 +24,7 @@ pub mod tenant_usage;
 ///
 /// Errors: [`ApiError::UnknownTenant`]; [`ApiError::TenantLookup`] when ClickHouse was needed
 /// and could not be read.
-async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
+pub(crate) async fn tenant_of(s: &ApiState, id: &str) -> Result<Arc<Tenant>, ApiError> {
     if let Some(t) = s.shared.subscribed_tenant(id) {
         return Ok(t);
     }

@@ -27,7 +27,7 @@ pub struct StatementsBody {
 }
 
 /// The query of the statements route.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LimitQuery {
     /// How many statements, newest first: 1 to 100, default 12.

@@ -285,7 +285,10 @@ pub struct AtQuery {
     pub at: Option<String>,
 }
 
-fn parse_at(q: &AtQuery) -> Result<DateTime<Utc>, ApiError> {
+/// `at` as an instant; now when absent.
+///
+/// Errors: [`ApiError::BadAt`].
+pub fn parse_at(q: &AtQuery) -> Result<DateTime<Utc>, ApiError> {
     match &q.at {
         None => Ok(Utc::now()),
         Some(a) => DateTime::parse_from_rfc3339(a)

@@ -23,7 +23,9 @@ pub mod statements;
 mod write;
 
 pub use queries::MIGRATIONS;
-pub use rows::{AlertRow, RollupRow, StatementRow, dec9, dt, from_dec9, now_secs};
+pub use rows::{
+    AlertRow, RollupRow, StatementRow, dec9, dt, from_dec9, now_secs, stored_event_json,
+};
 
 /// A ClickHouse failure, classified by [`SinkError::is_transient`]: transient ones (the
 /// server unreachable or hung, overloaded, 5xx) are retried with backoff; permanent ones

@@ -352,6 +352,16 @@ pub fn reconcile_rollups(db: &str) -> String {
     )
 }
 
+/// Portal: a tenant's stored raw events in a time window, for daily usage, `(source,
+/// event_id, type, time_us, data)`, at most a given number (binds: tenant, from, to, in
+/// seconds, `to` exclusive, then the row limit).
+pub fn tenant_raw_events(db: &str) -> String {
+    format!(
+        "SELECT source, event_id, type, time_us, data FROM {db}.{CALL_EVENTS} FINAL \
+         WHERE tenant_id = ? AND toUInt32(time) >= ? AND toUInt32(time) < ? LIMIT ?"
+    )
+}
+
 /// `callmeter bench`: events counted on a topic, `sum(event_count)` of the `calls` meter
 /// (binds: topic).
 pub fn bench_stored_calls(db: &str) -> String {
@@ -472,6 +482,7 @@ mod tests {
             restore_stated(db),
             list_statements(db),
             report_statements(db),
+            tenant_raw_events(db),
         ];
         for q in all {
             assert!(q.contains(" FROM x_db."), "{q}");

@@ -64,6 +64,30 @@ pub fn now_secs() -> u32 {
     dt(chrono::Utc::now().timestamp())
 }
 
+/// An event of `call_events` as the CloudEvent text it was decoded from (the envelope
+/// rebuilt, `data` as stored), for decoding again with the meter definitions
+/// (`callmeter reconcile`, the portal's daily usage).
+pub fn stored_event_json(
+    tenant: &str,
+    source: &str,
+    id: &str,
+    ty: &str,
+    time_us: i64,
+    data: &str,
+) -> String {
+    let time = chrono::DateTime::from_timestamp_micros(time_us).unwrap_or_default();
+    let json = serde_json::json!({
+        "specversion": "1.0", "id": id, "source": source, "type": ty, "subject": tenant,
+        "time": time.to_rfc3339(),
+    });
+    let mut text = json.to_string();
+    text.pop();
+    text.push_str(",\"data\":");
+    text.push_str(data);
+    text.push('}');
+    text
+}
+
 /// RFC 3339 -> Unix seconds; 0 when it does not parse.
 fn parse_rfc3339_secs(s: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(s)
