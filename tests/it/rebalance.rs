@@ -126,10 +126,9 @@ async fn static_members_cooperative_sticky_kill9_restart_and_join_keep_totals_ex
     .await;
 }
 
-// Fails today: under the consumer protocol the restarted static member, joining before the
-// killed one's session expired, gets UNRELEASED_INSTANCE_ID, which librdkafka 2.12 raises
-// as a fatal error; callmeter logs it and stays stuck instead of retrying or exiting.
-#[ignore = "KIP-848: UNRELEASED_INSTANCE_ID is fatal in librdkafka; callmeter must handle it"]
+// Under the consumer protocol the restarted static member, joining before the killed one's
+// session expired, gets UNRELEASED_INSTANCE_ID, which librdkafka raises as a fatal error:
+// callmeter drops that consumer and joins again with a new one after a backoff.
 #[tokio::test(flavor = "multi_thread")]
 async fn static_members_kip848_consumer_protocol_kill9_restart_and_join_keep_totals_exact() {
     static_members_rebalance("kip848", "\"group.protocol\" = \"consumer\"").await;

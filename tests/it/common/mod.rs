@@ -301,32 +301,10 @@ impl Broker {
     fn format_kafka(&self) {
         let (port, ctl) = (self.port, self.controller_port);
         let data = self.dir.join("data");
-        let props = format!(
-            "process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{ctl}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={data}
-num.partitions=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-group.consumer.min.session.timeout.ms=5000
-group.consumer.session.timeout.ms=10000
-group.consumer.min.heartbeat.interval.ms=500
-group.consumer.heartbeat.interval.ms=1000
-",
-            data = data.display()
-        );
+        let props = include_str!("../../../scripts/kafka/server.properties")
+            .replace("@PORT@", &port.to_string())
+            .replace("@CONTROLLER_PORT@", &ctl.to_string())
+            .replace("@DATA@", &data.display().to_string());
         std::fs::write(self.dir.join("server.properties"), props).unwrap();
         let out = kafka_java(&kafka_libs())
             .args(["kafka.tools.StorageTool", "format", "--standalone"])
