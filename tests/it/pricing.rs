@@ -156,7 +156,8 @@ async fn usage_charges_entitlements_and_wallets_end_to_end() {
             "charges": {"lines": [
                 {"kind": "base_fee", "meter": null, "quantity": "1", "amount": "79.00"},
                 {"kind": "addon", "meter": "call_minutes", "item": "extra_minutes", "quantity": "2", "amount": "30.00"}
-            ], "total": "109.00"}
+            ], "total": "109.00"},
+            "features": {}
         })
     );
 

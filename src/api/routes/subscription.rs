@@ -106,11 +106,12 @@ pub async fn put_subscription(
     let mut u: SubscriptionUpdated = serde_json::from_value(data.clone())
         .map_err(|e| ApiError::BadRequest(format!("subscription.updated data: {e}")))?;
     validate_updated(&mut u, now).map_err(|r| ApiError::BadRequest(r.message))?;
-    // Judge it as the pipeline will (with the tenant as this instance knows it).
-    let current = s
-        .shared
-        .tenant(&tenant)
-        .filter(|t| t.configured || s.shared.subscribed_tenant(&tenant).is_some());
+    // Judge it as the pipeline will, with the tenant in effect (configured, or created by
+    // an earlier event: held here or stored in ClickHouse; not merely on the default plan).
+    let current = super::tenant_of(&s, &tenant)
+        .await
+        .ok()
+        .filter(|t| t.configured);
     let cat = s.shared.catalog();
     if let Err(r) = subscription::resolve(
         &cat,
