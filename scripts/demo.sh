@@ -2,7 +2,8 @@
 # The main job, end to end on the real call records (1999 Anonymous Bank call center):
 # brings up Apache Kafka (BROKER=tansu: tansu) and ClickHouse as local processes
 # (installing them when missing), creates topics and tables, runs the pipeline, replays the
-# records through it, and prints per tenant and month the calls, minutes, alerts and charges
+# records through it, changes three subscriptions in February 1999 (an upgrade, an add-on
+# bought, a cancellation: events on the events topic), and prints per tenant and month the calls, minutes, alerts and charges
 # read back from ClickHouse, the statements of the closed periods (January 1999 closes while
 # February replays; February stays open, as no event after 1999-03-02 arrives), then per
 # tenant what the Stripe test server received next to ClickHouse's totals. Everything it starts is stopped on exit; state lives in .demo/.
@@ -85,6 +86,37 @@ echo
 echo "demo: live usage API for anonbank-ne in February 1999:"
 curl -sf -H "Authorization: Bearer change-me" \
   "http://127.0.0.1:$API_PORT/v1/tenants/anonbank-ne/usage?at=1999-02-15T12:00:00%2B02:00" | python3 -m json.tool
+echo
+echo "demo: subscription changes in February 1999 (CONTRACT section 10): anonbank-tt upgrades"
+echo "  to professional on the 15th (prorated base fee, the new limit), anonbank-ne buys 24 more"
+echo "  extra_minutes on the 10th (PUT /v1/tenants/{t}/subscription), anonbank-in cancels on the 25th"
+put_subscription() {
+  curl -sf -X PUT -H "Authorization: Bearer demo-admin" -H "Content-Type: application/json" \
+    -H "Idempotency-Key: $2" -d "$3" "http://127.0.0.1:$API_PORT/v1/tenants/$1/subscription"
+  echo
+}
+put_subscription anonbank-tt demo-upgrade-tt \
+  '{"plan": "professional", "effective_at": "1999-02-15T00:00:00+02:00"}'
+put_subscription anonbank-ne demo-addon-ne \
+  '{"plan": "professional", "addons": {"extra_minutes": 120}, "effective_at": "1999-02-10T00:00:00+02:00"}'
+# A cancellation is a subscription.canceled event on the events topic, keyed by the tenant.
+CANCEL='{"specversion":"1.0","id":"demo-cancel-in","source":"callmeter-demo","type":"subscription.canceled","subject":"anonbank-in","time":"1999-02-25T00:00:00+02:00","data":{"effective_at":"1999-02-25T00:00:00+02:00"}}'
+if [ "$BROKER" = kafka ]; then
+  printf 'anonbank-in|%s\n' "$CANCEL" | kafka_java org.apache.kafka.tools.ConsoleProducer \
+    --bootstrap-server "127.0.0.1:$KAFKA_PORT" --topic call-events \
+    --property parse.key=true --property key.separator='|' >/dev/null
+else
+  echo "  (BROKER=$BROKER: the cancellation is produced with Apache Kafka's console producer; skipped)"
+fi
+for _ in $(seq 1 120); do
+  S=$(curl -sf "http://127.0.0.1:$CH_PORT/" --data-binary \
+    "SELECT count() FROM callmeter.subscriptions FINAL" || echo 0)
+  [ "${S:-0}" -ge 2 ] && [ "$BROKER" != kafka -o "${S:-0}" -ge 3 ] && break
+  sleep 0.5
+done
+echo "demo: anonbank-tt in February 1999 after its upgrade:"
+curl -sf -H "Authorization: Bearer change-me" \
+  "http://127.0.0.1:$API_PORT/v1/tenants/anonbank-tt/usage?at=1999-02-15T12:00:00%2B02:00" | python3 -m json.tool
 echo
 echo "demo: waiting for January's statements (period end + late_event_grace behind the watermark)"
 for _ in $(seq 1 120); do
