@@ -510,25 +510,13 @@ pub fn create_topic(brokers: &str, name: &str, partitions: u32) {
 
 /// Creates a topic with rdkafka's admin client, with extra topic configs.
 pub fn create_topic_admin(brokers: &str, name: &str, partitions: u32, configs: &[(&str, &str)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    use rdkafka::admin::{NewTopic, TopicReplication};
     let mut topic = NewTopic::new(name, partitions as i32, TopicReplication::Fixed(1))
         .set("retention.ms", "-1");
     for (k, v) in configs {
         topic = topic.set(k, v);
     }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    // The admin future needs no runtime; block on it off any async worker.
-    let results = std::thread::scope(|s| {
-        s.spawn(|| futures::executor::block_on(admin.create_topics([&topic], &opts)))
-            .join()
-            .expect("admin thread")
-    })
-    .expect("create topics");
+    let results = admin(brokers, |a, opts| a.create_topics([&topic], opts)).expect("create topics");
     for r in results {
         if let Err((t, e)) = r {
             panic!("creating topic {t}: {e}");
@@ -539,28 +527,45 @@ pub fn create_topic_admin(brokers: &str, name: &str, partitions: u32, configs: &
 /// Sets topic configs on an existing topic with rdkafka's admin client (incremental
 /// semantics are not needed: the test sets what it names).
 pub fn alter_topic(brokers: &str, name: &str, configs: &[(&str, &str)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
     let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
     for (k, v) in configs {
         change = change.set(k, v);
     }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = std::thread::scope(|s| {
-        s.spawn(|| futures::executor::block_on(admin.alter_configs([&change], &opts)))
-            .join()
-            .expect("admin thread")
-    })
-    .expect("alter configs");
+    let results =
+        admin(brokers, |a, opts| a.alter_configs([&change], opts)).expect("alter configs");
     for r in results {
         if let Err((t, e)) = r {
             panic!("altering topic {t:?}: {e}");
         }
     }
+}
+
+/// Runs one admin-client request against `brokers` (30 s operation timeout). The admin
+/// future needs no runtime: it is blocked on off any async worker.
+fn admin<T, F>(
+    brokers: &str,
+    request: impl FnOnce(
+        &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+        &rdkafka::admin::AdminOptions,
+    ) -> F,
+) -> T
+where
+    F: std::future::Future<Output = T> + Send,
+    T: Send,
+{
+    let client: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("admin client");
+    let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let fut = request(&client, &opts);
+    std::thread::scope(|s| {
+        s.spawn(|| futures::executor::block_on(fut))
+            .join()
+            .expect("admin thread")
+    })
 }
 
 /// A unique name for this test's resources.
