@@ -39,6 +39,7 @@ pub const DEDUP_OVER_CAP: &str = "callmeter_dedup_over_cap";
 pub const MEMORY_USED: &str = "callmeter_memory_used_bytes";
 pub const MEMORY_BUDGET: &str = "callmeter_memory_budget_bytes";
 pub const MEMORY_OVER: &str = "callmeter_memory_over_budget";
+pub const MEMORY_UNHOLDABLE: &str = "callmeter_memory_unholdable";
 pub const COMMITS: &str = "callmeter_offset_commits_total";
 pub const COMMIT_FAILURES: &str = "callmeter_offset_commit_failures_total";
 pub const RESTORE_DURATION: &str = "callmeter_restore_duration_seconds";
@@ -191,6 +192,10 @@ fn describe() {
     describe_gauge!(
         MEMORY_OVER,
         "1 while consumption is paused because the memory estimate is over pipeline.max_memory."
+    );
+    describe_gauge!(
+        MEMORY_UNHOLDABLE,
+        "1 while rollup rows and dedup entries inside the window alone fill 90 % of pipeline.max_memory: no pause could free them, so consumption goes on above the budget."
     );
     describe_counter!(COMMITS, "Offset commits after successful flushes.");
     describe_counter!(

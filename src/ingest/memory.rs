@@ -3,6 +3,9 @@
 //! delivered. Above the budget consumption pauses (the thread keeps polling, so group
 //! membership is kept); it resumes once the estimate is back below 90 % of the budget. Dedup
 //! entries inside the window are never dropped to make room: they leave only by ageing out.
+//! When rows and dedup entries alone fill 90 % of the budget, pausing could never end (they
+//! are freed only by consuming further), so consumption goes on above the budget, logged
+//! and shown by `callmeter_memory_unholdable`, instead of stalling.
 //!
 //! Bytes per item, from the data structures (x86-64), including hash-table slack:
 //! - a rollup row: [`ROW_BYTES`]: the `Shared::rows` entry (`RowKey` 24 B + `RowState`
@@ -44,28 +47,58 @@ impl Usage {
             .saturating_add(self.raw_events.saturating_mul(RAW_EVENT_BYTES))
             .saturating_add(self.undelivered_bytes)
     }
+
+    /// The part of the estimate that pausing cannot free: rollup rows (those of open usage
+    /// periods leave only when the watermark closes their period) and dedup entries (they
+    /// age out only as newer events arrive). Raw events and undelivered messages are freed
+    /// by a flush or a delivery, which a pause waits for.
+    pub fn unfreeable_bytes(&self) -> u64 {
+        self.rows
+            .saturating_mul(ROW_BYTES)
+            .saturating_add(self.dedup_entries.saturating_mul(DEDUP_ENTRY_BYTES))
+    }
 }
 
-/// The budget with hysteresis: over at the budget, under again below 90 % of it.
+/// The budget with hysteresis: over at the budget, under again below 90 % of it. A pause
+/// that could never end is not taken: when the part no pause can free
+/// ([`Usage::unfreeable_bytes`]) alone reaches 90 % of the budget, consumption goes on
+/// ([`Budget::unholdable`] says so) instead of stalling forever.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     limit: u64,
     over: bool,
+    unholdable: bool,
 }
 
 impl Budget {
     pub fn new(limit: u64) -> Budget {
-        Budget { limit, over: false }
+        Budget {
+            limit,
+            over: false,
+            unholdable: false,
+        }
+    }
+
+    /// True when the last estimate's unfreeable part alone was at or above 90 % of the
+    /// budget: the budget cannot be held by pausing (raise `pipeline.max_memory`, or shorten
+    /// `pipeline.dedup_window` for the event rate).
+    pub fn unholdable(&self) -> bool {
+        self.unholdable
     }
 
     pub fn limit(&self) -> u64 {
         self.limit
     }
 
-    /// Takes the current estimate; returns whether consumption must pause.
-    pub fn update(&mut self, used: u64) -> bool {
-        self.over = if self.over {
-            used >= self.limit / 10 * 9
+    /// Takes the current estimate (`used`, of which `unfreeable` cannot be freed by
+    /// pausing); returns whether consumption must pause.
+    pub fn update(&mut self, used: u64, unfreeable: u64) -> bool {
+        let resume_below = self.limit / 10 * 9;
+        self.unholdable = unfreeable >= resume_below;
+        self.over = if self.unholdable {
+            false
+        } else if self.over {
+            used >= resume_below
         } else {
             used >= self.limit
         };
@@ -96,11 +129,27 @@ mod tests {
     #[test]
     fn pauses_at_the_budget_and_resumes_below_ninety_percent() {
         let mut b = Budget::new(1000);
-        assert!(!b.update(999));
-        assert!(b.update(1000));
-        assert!(b.update(950));
-        assert!(b.update(900));
-        assert!(!b.update(899));
-        assert!(!b.update(999));
+        assert!(!b.update(999, 0));
+        assert!(b.update(1000, 0));
+        assert!(b.update(950, 0));
+        assert!(b.update(900, 0));
+        assert!(!b.update(899, 0));
+        assert!(!b.update(999, 0));
+        assert!(!b.unholdable());
+    }
+
+    #[test]
+    fn never_pauses_when_a_pause_could_not_end() {
+        // Rows and dedup entries inside the window at 90 % of the budget: no flush or
+        // delivery can bring the estimate below the resume mark, so pausing would stall
+        // consumption forever (and the entries could not age out without new arrivals).
+        let mut b = Budget::new(1000);
+        assert!(b.update(1000, 100));
+        assert!(!b.update(1000, 900));
+        assert!(b.unholdable());
+        assert!(!b.update(5000, 950));
+        // Freed again (a period closed, entries aged out): the budget holds once more.
+        assert!(b.update(1000, 100));
+        assert!(!b.unholdable());
     }
 }

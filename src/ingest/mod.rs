@@ -201,10 +201,24 @@ pub fn run(
     metrics::gauge!(t::MEMORY_BUDGET).set(budget.limit() as f64);
     metrics::gauge!(t::MEMORY_OVER).set(0.0);
     let mut mem_over = false;
+    let mut mem_unholdable = false;
+    metrics::gauge!(t::MEMORY_UNHOLDABLE).set(0.0);
 
     let mut fatal = None;
+    // Housekeeping (flush triggers, the memory budget, pausing, restored partitions, gauges)
+    // runs when the last poll found nothing, every HOUSEKEEPING_EVERY messages, or after
+    // HOUSEKEEPING_INTERVAL: not once per message, which cost more than the event itself.
+    let mut idle = true;
+    let mut since_housekeeping = 0u32;
+    let mut last_housekeeping = Instant::now();
     while !shutdown.is_cancelled() {
+        since_housekeeping += 1;
+        if idle
+            || since_housekeeping >= HOUSEKEEPING_EVERY
+            || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL
         {
+            since_housekeeping = 0;
+            last_housekeeping = Instant::now();
             let mut e = core.engine();
             e.collect_flush();
             e.install_restored(&restored_rx);
@@ -215,8 +229,9 @@ pub fn run(
                 core.start_flush(&mut e);
                 last_flush = Instant::now();
             }
-            let used = e.memory_usage(&shared).bytes();
-            let over_memory = budget.update(used);
+            let usage = e.memory_usage(&shared);
+            let used = usage.bytes();
+            let over_memory = budget.update(used, usage.unfreeable_bytes());
             if over_memory != mem_over {
                 mem_over = over_memory;
                 metrics::gauge!(t::MEMORY_OVER).set(if mem_over { 1.0 } else { 0.0 });
@@ -234,6 +249,18 @@ pub fn run(
                     );
                 }
             }
+            if budget.unholdable() != mem_unholdable {
+                mem_unholdable = budget.unholdable();
+                metrics::gauge!(t::MEMORY_UNHOLDABLE).set(if mem_unholdable { 1.0 } else { 0.0 });
+                if mem_unholdable {
+                    tracing::warn!(
+                        used,
+                        unfreeable = usage.unfreeable_bytes(),
+                        budget = budget.limit(),
+                        "rollup rows and dedup entries inside the window alone fill 90 % of pipeline.max_memory: a pause could not free them, so consumption goes on above the budget; raise pipeline.max_memory or shorten pipeline.dedup_window"
+                    );
+                }
+            }
             let over = dirty >= ps.max_dirty_rows.saturating_mul(2) || over_memory;
             e.pause_or_resume(&consumer, &topic, over, dirty);
             if last_publish.elapsed() >= Duration::from_millis(500) {
@@ -245,8 +272,10 @@ pub fn run(
         }
 
         let Some(res) = consumer.poll(Duration::from_millis(50)) else {
+            idle = true;
             continue;
         };
+        idle = false;
         let msg = match res {
             Ok(m) => m,
             Err(e) => {
@@ -319,6 +348,11 @@ pub fn run(
     }
     Ok(())
 }
+
+/// Messages between two housekeeping rounds of the consuming loop (at most).
+const HOUSEKEEPING_EVERY: u32 = 64;
+/// Time between two housekeeping rounds while messages keep arriving (at most).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The share of `pipeline.shutdown_timeout` the final flush may take: the rest (a quarter,
 /// at most 5 s) is left for leaving the group, the last Stripe cycle and joining tasks, so
