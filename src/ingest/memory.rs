@@ -90,11 +90,11 @@ impl Budget {
         self.limit
     }
 
-    /// Takes the current estimate (`used`, of which `unfreeable` cannot be freed by
-    /// pausing); returns whether consumption must pause.
-    pub fn update(&mut self, used: u64, unfreeable: u64) -> bool {
+    /// Takes the current estimate; returns whether consumption must pause.
+    pub fn update(&mut self, usage: &Usage) -> bool {
+        let used = usage.bytes();
         let resume_below = self.limit / 10 * 9;
-        self.unholdable = unfreeable >= resume_below;
+        self.unholdable = usage.unfreeable_bytes() >= resume_below;
         self.over = if self.unholdable {
             false
         } else if self.over {
@@ -126,15 +126,25 @@ mod tests {
         assert_eq!(huge.bytes(), u64::MAX);
     }
 
+    /// An estimate of `used` units of 92 B (one dedup entry), `unfreeable` of them dedup
+    /// entries and the rest undelivered messages; budgets below are in the same unit.
+    fn usage(used: u64, unfreeable: u64) -> Usage {
+        Usage {
+            dedup_entries: unfreeable,
+            undelivered_bytes: (used - unfreeable) * DEDUP_ENTRY_BYTES,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn pauses_at_the_budget_and_resumes_below_ninety_percent() {
-        let mut b = Budget::new(1000);
-        assert!(!b.update(999, 0));
-        assert!(b.update(1000, 0));
-        assert!(b.update(950, 0));
-        assert!(b.update(900, 0));
-        assert!(!b.update(899, 0));
-        assert!(!b.update(999, 0));
+        let mut b = Budget::new(1000 * DEDUP_ENTRY_BYTES);
+        assert!(!b.update(&usage(999, 0)));
+        assert!(b.update(&usage(1000, 0)));
+        assert!(b.update(&usage(950, 0)));
+        assert!(b.update(&usage(900, 0)));
+        assert!(!b.update(&usage(899, 0)));
+        assert!(!b.update(&usage(999, 0)));
         assert!(!b.unholdable());
     }
 
@@ -143,13 +153,13 @@ mod tests {
         // Rows and dedup entries inside the window at 90 % of the budget: no flush or
         // delivery can bring the estimate below the resume mark, so pausing would stall
         // consumption forever (and the entries could not age out without new arrivals).
-        let mut b = Budget::new(1000);
-        assert!(b.update(1000, 100));
-        assert!(!b.update(1000, 900));
+        let mut b = Budget::new(1000 * DEDUP_ENTRY_BYTES);
+        assert!(b.update(&usage(1000, 100)));
+        assert!(!b.update(&usage(1000, 900)));
         assert!(b.unholdable());
-        assert!(!b.update(5000, 950));
+        assert!(!b.update(&usage(5000, 950)));
         // Freed again (a period closed, entries aged out): the budget holds once more.
-        assert!(b.update(1000, 100));
+        assert!(b.update(&usage(1000, 100)));
         assert!(!b.unholdable());
     }
 }

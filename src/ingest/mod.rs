@@ -231,7 +231,7 @@ pub fn run(
             }
             let usage = e.memory_usage(&shared);
             let used = usage.bytes();
-            let over_memory = budget.update(used, usage.unfreeable_bytes());
+            let over_memory = budget.update(&usage);
             if over_memory != mem_over {
                 mem_over = over_memory;
                 metrics::gauge!(t::MEMORY_OVER).set(if mem_over { 1.0 } else { 0.0 });

@@ -3,7 +3,7 @@
 //! totals end exact once fixed; a final flush that cannot reach ClickHouse makes the exit
 //! status non-zero within `pipeline.shutdown_timeout`; ClickHouse frozen (SIGSTOP) under
 //! sustained load stays within `pipeline.max_memory`: consumption pauses and the totals are
-//! exact after SIGCONT.
+//! exact after SIGCONT; a dedup set that alone fills the budget never stalls consumption.
 
 use std::time::{Duration, Instant};
 
@@ -214,6 +214,48 @@ async fn clickhouse_frozen_under_load_stays_within_the_memory_budget() {
         bad,
         0,
         "totals exact after SIGCONT; log:\n{}",
+        tail(&p.log_text())
+    );
+    assert_eq!(p.terminate(Duration::from_secs(60)), Some(0));
+}
+
+/// Dedup entries inside the window alone over `pipeline.max_memory` (1 MiB holds about
+/// 11,000 of them at 92 B; 20,000 distinct events arrive): no pause could free them, because
+/// they age out only as newer events arrive. Consumption goes on instead of stalling,
+/// `callmeter_memory_unholdable` says so, and the totals are exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_set_over_the_memory_budget_never_stalls_consumption() {
+    let w = World::new("unholdable", 2).extra(PRICING).section(
+        "pipeline",
+        "flush_interval = \"1s\"\nmax_memory = \"1MiB\"\ndedup_window = \"1h\"",
+    );
+    let msgs: Vec<Generated> = generate(&spec(20_000, 10, 41)).collect();
+    let truth = truth(&msgs);
+    let mut p = w.run("i0");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            ready_status(&w.api("/readyz"))
+                .await
+                .is_some_and(|(c, _)| c == 200)
+        })
+        .await
+    );
+    stream(&w, msgs, 5_000).await;
+    let bad = wait_exact(&w, &truth, Duration::from_secs(90)).await;
+    assert_eq!(
+        bad,
+        0,
+        "every event counted although the dedup set alone is over the budget; log:\n{}",
+        tail(&p.log_text())
+    );
+    assert_eq!(
+        metric(&w.api("/metrics"), "callmeter_memory_unholdable").await,
+        1.0,
+        "the gauge says the budget cannot be held by pausing"
+    );
+    assert!(
+        p.log_text().contains("a pause could not free them"),
+        "the reason is logged; log:\n{}",
         tail(&p.log_text())
     );
     assert_eq!(p.terminate(Duration::from_secs(60)), Some(0));
