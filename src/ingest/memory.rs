@@ -11,10 +11,8 @@
 //! - a rollup row: [`ROW_BYTES`]: the `Shared::rows` entry (`RowKey` 24 B + `RowState`
 //!   48 B in a DashMap at up to 87.5 % load, about 90 B), its copy in a flush snapshot while
 //!   dirty (`RollupRecord`, about 70 B with its tenant and meter `Arc`s);
-//! - a dedup entry: [`DEDUP_ENTRY_BYTES`]: the `FxHashMap<(u64, u64), i64>` slot (24 B +
-//!   1 control byte, at load 0.44 to 0.875 after growth) and the `VecDeque<(i64, (u64,
-//!   u64))>` arrival-order slot (24 B, capacity up to twice the length): 92 B measured per
-//!   entry at 1 M entries;
+//! - a dedup entry: [`DEDUP_ENTRY_BYTES`]: a 16-byte slot of the open-addressing table at a
+//!   load of 0.62 to 0.8 (grown ×1.3), so 20 to 26 B; the upper bound is counted;
 //! - a raw event waiting for its flush (`clickhouse.raw_events`): [`RAW_EVENT_BYTES`] plus
 //!   nothing else measured (its strings are a CloudEvent's, typically 300 to 500 B);
 //! - an undelivered DLQ or alert message: its payload and headers as produced plus
@@ -23,7 +21,7 @@
 /// Estimated bytes per rollup row in memory (see the module docs).
 pub const ROW_BYTES: u64 = 160;
 /// Estimated bytes per dedup entry (see the module docs).
-pub const DEDUP_ENTRY_BYTES: u64 = 92;
+pub const DEDUP_ENTRY_BYTES: u64 = 26;
 /// Estimated bytes per raw event waiting for a flush.
 pub const RAW_EVENT_BYTES: u64 = 640;
 /// Estimated bytes per undelivered message beyond its payload and headers.
@@ -118,7 +116,10 @@ mod tests {
             raw_events: 2,
             undelivered_bytes: 1000,
         };
-        assert_eq!(u.bytes(), 10 * 160 + 100 * 92 + 2 * 640 + 1000);
+        assert_eq!(
+            u.bytes(),
+            10 * 160 + 100 * DEDUP_ENTRY_BYTES + 2 * 640 + 1000
+        );
         let huge = Usage {
             rows: u64::MAX,
             ..Default::default()
@@ -126,7 +127,7 @@ mod tests {
         assert_eq!(huge.bytes(), u64::MAX);
     }
 
-    /// An estimate of `used` units of 92 B (one dedup entry), `unfreeable` of them dedup
+    /// An estimate of `used` units of [`DEDUP_ENTRY_BYTES`] (one dedup entry), `unfreeable` of them dedup
     /// entries and the rest undelivered messages; budgets below are in the same unit.
     fn usage(used: u64, unfreeable: u64) -> Usage {
         Usage {

@@ -117,7 +117,9 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    fn new(position: i64) -> Self {
+    /// A partition starting at `position`, holding dedup entries for `span_ms` (the dedup
+    /// window plus the replay margin).
+    fn new(position: i64, span_ms: i64) -> Self {
         PartitionState {
             position,
             replay_until: position,
@@ -125,7 +127,7 @@ impl PartitionState {
             max_ts_ms: i64::MIN,
             flushed_position: position,
             next_close: i64::MAX,
-            dedup: DedupSet::default(),
+            dedup: DedupSet::new(span_ms),
             dirty: Vec::new(),
         }
     }
@@ -601,7 +603,11 @@ impl Processor {
         // The checkpoint alone says what is counted: the group's committed offset may lie
         // beyond it when ClickHouse lost data (CONTRACT section 5).
         let replay_until = ck_pos.max(r.replay_from);
-        let mut ps = PartitionState::new(r.replay_from.min(replay_until));
+        let span_ms = self
+            .params
+            .dedup_window_ms
+            .saturating_add(self.params.replay_margin_ms());
+        let mut ps = PartitionState::new(r.replay_from.min(replay_until), span_ms);
         ps.replay_until = replay_until;
         ps.flushed_position = replay_until;
         if let Some(c) = &r.checkpoint {

@@ -220,7 +220,7 @@ async fn clickhouse_frozen_under_load_stays_within_the_memory_budget() {
 }
 
 /// Dedup entries inside the window alone over `pipeline.max_memory` (1 MiB holds about
-/// 11,000 of them at 92 B; 20,000 distinct events arrive): no pause could free them, because
+/// 40,300 of them at 26 B; 60,000 distinct events arrive): no pause could free them, because
 /// they age out only as newer events arrive. Consumption goes on instead of stalling,
 /// `callmeter_memory_unholdable` says so, and the totals are exact.
 #[tokio::test(flavor = "multi_thread")]
@@ -229,7 +229,7 @@ async fn dedup_set_over_the_memory_budget_never_stalls_consumption() {
         "pipeline",
         "flush_interval = \"1s\"\nmax_memory = \"1MiB\"\ndedup_window = \"1h\"",
     );
-    let msgs: Vec<Generated> = generate(&spec(20_000, 10, 41)).collect();
+    let msgs: Vec<Generated> = generate(&spec(60_000, 10, 41)).collect();
     let truth = truth(&msgs);
     let mut p = w.run("i0");
     assert!(
