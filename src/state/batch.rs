@@ -280,6 +280,7 @@ impl Processor {
             .map(|e| (e.key().tenant, e.key().meter, e.key().period_start))
             .collect();
         self.alert_state.retain(|k, _| live.contains(k));
+        self.alert_epoch = self.alert_epoch.wrapping_add(1);
         self.shared.alerts.retain(|k, _| live.contains(k));
         let live_periods: FxHashSet<(u32, i64)> = live.iter().map(|(t, _, p)| (*t, *p)).collect();
         self.forget_statements(&live_periods);

@@ -174,6 +174,9 @@ pub struct Processor {
     tenants: Tenants,
     partitions: FxHashMap<i32, PartitionState>,
     alert_state: FxHashMap<AlertKey, AlertEntry>,
+    /// Moved by every change of `alert_state` other than an alert check's own: outdates the
+    /// alert floors cached per tenant.
+    alert_epoch: u64,
     pending_alerts: Vec<Alert>,
     new_alerts: Vec<Alert>,
     /// (tenant, period start) whose statement is made (pending or stored).
@@ -201,6 +204,7 @@ impl Processor {
             tenants: Tenants::default(),
             partitions: FxHashMap::default(),
             alert_state: FxHashMap::default(),
+            alert_epoch: 0,
             pending_alerts: Vec::new(),
             new_alerts: Vec::new(),
             stated: FxHashSet::default(),
@@ -235,6 +239,7 @@ impl Processor {
         for (_, (_, next)) in self.alert_state.iter_mut() {
             *next = None;
         }
+        self.alert_epoch = self.alert_epoch.wrapping_add(1);
     }
 
     /// Rows changed since the last flush.
@@ -335,6 +340,11 @@ impl Processor {
         ) {
             return self.evaluate_subscription(m, &ev, arrival_ms, replay);
         }
+        // The identity's slot is loaded from memory while the event is validated.
+        let key = dedup_key(&mut self.key_buf, &ev.subject, &ev.source, &ev.id);
+        if let Some(ps) = self.partitions.get(&m.partition) {
+            ps.dedup.prefetch(key);
+        }
         let tidx = self.tenant_idx(&ev.subject).ok_or_else(|| {
             Rejection::new(
                 ErrorCode::UnknownTenant,
@@ -396,7 +406,6 @@ impl Processor {
             }
         }
 
-        let key = dedup_key(&mut self.key_buf, &ev.subject, &ev.source, &ev.id);
         let window = self.params.dedup_window_ms;
         let ps = self.partitions.get_mut(&m.partition).expect("owned");
         if ps.dedup.seen(key, arrival_ms, window) {
@@ -409,6 +418,9 @@ impl Processor {
         // Every new total is checked before the event is recorded as seen: an event is either
         // counted on all its meters or rejected whole, and the other totals stay exact.
         let mut totals: SmallVec<[Decimal; 6]> = SmallVec::new();
+        // Whether the tenant has rows on other partitions (noted at the first meter): if not,
+        // its total is this row's.
+        let mut elsewhere: Option<bool> = None;
         if !replay {
             for &(mid, c) in &contributions {
                 let key = RowKey {
@@ -429,7 +441,15 @@ impl Processor {
                 };
                 let total = def.try_add(cur, c)?;
                 // The tenant's total over all its partitions must fit too (alerts, reads).
-                if let Some((all, _)) = self.shared.try_tenant_raw(tidx, mid, period.start)? {
+                // Noting the partition before the event is applied is harmless if it is then
+                // rejected: a partition without the row adds nothing to the tenant's total.
+                let spans = match elsewhere {
+                    Some(s) => s,
+                    None => *elsewhere.insert(self.note_tenant_partition(tidx, m.partition)),
+                };
+                if spans
+                    && let Some((all, _)) = self.shared.try_tenant_raw(tidx, mid, period.start)?
+                {
                     def.try_add(all, c)?;
                 }
                 totals.push(total);
@@ -460,7 +480,7 @@ impl Processor {
         let mut applied = false;
         let mut skipped = false;
         // Whether the tenant has rows on other partitions too (noted at the first row).
-        let mut spans: Option<bool> = None;
+        let mut spans: Option<bool> = elsewhere;
         let mut created = false;
         for ((mid, _), total) in contributions.into_iter().zip(totals) {
             let key = RowKey {
@@ -497,8 +517,10 @@ impl Processor {
             }
             drop(row);
             applied = true;
-            let spans =
-                *spans.get_or_insert_with(|| self.shared.note_tenant_partition(tidx, m.partition));
+            let spans = match spans {
+                Some(s) => s,
+                None => *spans.insert(self.note_tenant_partition(tidx, m.partition)),
+            };
             // The tenant's usage: this row, plus its rows on other partitions (rare).
             let raw = if spans {
                 match self.shared.try_tenant_raw(tidx, mid, period.start) {
@@ -534,6 +556,20 @@ impl Processor {
         }))
     }
 
+    /// Records that the tenant has rows on `partition`; returns whether it has rows on more
+    /// than one. Answered from the tenant's own copy when it knows the partition.
+    #[inline]
+    fn note_tenant_partition(&mut self, tidx: u32, partition: i32) -> bool {
+        if let Some(spans) = self.tenants.spans_known(tidx, partition) {
+            return spans;
+        }
+        let spans = self.shared.note_tenant_partition(tidx, partition);
+        if let Some(v) = self.shared.tenant_partitions(tidx) {
+            self.tenants.set_partitions(tidx, v);
+        }
+        spans
+    }
+
     /// Records the tenant's earliest usage period (one-time allowances apply there).
     #[inline]
     fn note_first_period(&mut self, tidx: u32, start: i64) {
@@ -558,10 +594,23 @@ impl Processor {
         if limit <= Decimal::ZERO {
             return;
         }
+        let epoch = self.alert_epoch;
+        if self
+            .tenants
+            .alert_floor(tidx, meter, period, epoch)
+            .is_some_and(|floor| raw < floor)
+        {
+            return;
+        }
         let akey = (tidx, meter, period.start);
         let def = self.catalog.meter(meter);
         let entry = self.alert_state.entry(akey).or_default();
-        let Some((usage, kinds)) = alerting::crossed(entry, plan, meter, def, limit, raw) else {
+        let crossed = alerting::crossed(entry, plan, meter, def, limit, raw);
+        if let Some(floor) = entry.1 {
+            self.tenants
+                .set_alert_floor(tidx, meter, period, floor, epoch);
+        }
+        let Some((usage, kinds)) = crossed else {
             return;
         };
         let fired = entry.0.clone();
@@ -656,7 +705,7 @@ impl Processor {
                     .dirty
                     .push(key);
             }
-            self.shared.note_tenant_partition(tidx, p);
+            self.note_tenant_partition(tidx, p);
         }
         for (t, start) in &r.stated {
             if let Some(tidx) = self.tenant_idx(t) {
@@ -672,6 +721,7 @@ impl Processor {
             };
             let e = self.alert_state.entry((tidx, mid, start)).or_default();
             alerting::restore_kind(e, &kind);
+            self.alert_epoch = self.alert_epoch.wrapping_add(1);
             self.shared.alerts.insert((tidx, mid, start), e.0.clone());
         }
         self.shared
@@ -690,6 +740,7 @@ impl Processor {
             v.retain(|x| *x != p);
             !v.is_empty()
         });
+        self.tenants.forget_partition(p);
     }
 
     /// Forgets a revoked partition (after its final flush, or without one: the next owner
@@ -706,6 +757,7 @@ impl Processor {
         let shared = &self.shared;
         self.alert_state
             .retain(|(t, _, _), _| shared.tenant_partitions.contains_key(t));
+        self.alert_epoch = self.alert_epoch.wrapping_add(1);
         shared
             .alerts
             .retain(|(t, _, _), _| shared.tenant_partitions.contains_key(t));

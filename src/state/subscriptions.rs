@@ -150,6 +150,7 @@ impl Processor {
                 *next = None;
             }
         }
+        self.alert_epoch = self.alert_epoch.wrapping_add(1);
     }
 
     /// Installs restored records (in partition order), creating the tenants they created.

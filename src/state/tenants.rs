@@ -68,6 +68,9 @@ struct PeriodCache {
     plan: Arc<Plan>,
     /// Limit per metered plan meter, for this period.
     limits: SmallVec<[(MeterId, Option<Decimal>); 4]>,
+    /// Per meter: the raw sum below which no usage alert can fire, as of an alert epoch
+    /// (see [`Tenants::alert_floor`]).
+    floors: SmallVec<[(MeterId, Decimal, u64); 4]>,
 }
 
 #[derive(Debug)]
@@ -79,6 +82,9 @@ struct TenantRt {
     first_period: Option<i64>,
     /// Subscription records applied, in partition order.
     subs: Vec<SubscriptionRecord>,
+    /// A copy of the tenant's `Shared::tenant_partitions` entry (empty: not known here), so
+    /// that the hot path reads it from the line it already holds.
+    partitions: SmallVec<[i32; 2]>,
 }
 
 type TenantKey = SmallVec<[u8; 24]>;
@@ -127,6 +133,7 @@ impl Tenants {
                     cache: None,
                     first_period: None,
                     subs: Vec::new(),
+                    partitions: SmallVec::new(),
                 });
             }
             self.list.push(TenantRt {
@@ -135,6 +142,7 @@ impl Tenants {
                 cache: None,
                 first_period: None,
                 subs: Vec::new(),
+                partitions: SmallVec::new(),
             });
         }
         self.ids.insert(TenantKey::from_slice(name.as_bytes()), id);
@@ -165,6 +173,7 @@ impl Tenants {
                 cache: None,
                 first_period: None,
                 subs: Vec::new(),
+                partitions: SmallVec::new(),
             });
         }
         if self.list.len() == id as usize {
@@ -174,6 +183,7 @@ impl Tenants {
                 cache: None,
                 first_period: None,
                 subs: Vec::new(),
+                partitions: SmallVec::new(),
             });
         }
         self.ids.insert(TenantKey::from_slice(name.as_bytes()), id);
@@ -237,14 +247,36 @@ impl Tenants {
         out
     }
 
+    /// Whether the tenant has rows on more than one partition, if `partition` is known to
+    /// be one of them here (else ask `Shared` and [`Self::set_partitions`]).
+    #[inline]
+    pub(super) fn spans_known(&self, tidx: u32, partition: i32) -> Option<bool> {
+        let v = &self.list[tidx as usize].partitions;
+        v.contains(&partition).then_some(v.len() > 1)
+    }
+
+    /// Copies the tenant's partitions from `Shared::tenant_partitions`.
+    pub(super) fn set_partitions(&mut self, tidx: u32, partitions: SmallVec<[i32; 2]>) {
+        self.list[tidx as usize].partitions = partitions;
+    }
+
+    /// Forgets `partition` in every tenant's copy (it was revoked).
+    pub(super) fn forget_partition(&mut self, partition: i32) {
+        for rt in &mut self.list {
+            rt.partitions.retain(|p| *p != partition);
+        }
+    }
+
     /// The time since which the tenant has no subscription at `t`, if it has none.
     #[inline]
     pub(super) fn canceled_before(&self, tidx: u32, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let tenant = &self.list[tidx as usize].tenant;
-        if tenant.plan_changes.is_empty() {
+        let rt = &self.list[tidx as usize];
+        // The period cache knows (without reading the tenant's configuration, a cache miss
+        // per event) whether the tenant has plan changes, of which a cancellation is one.
+        if rt.cache.as_ref().is_some_and(|c| c.one_plan) || rt.tenant.plan_changes.is_empty() {
             return None;
         }
-        tenant.canceled_before(t)
+        rt.tenant.canceled_before(t)
     }
 
     #[inline]
@@ -314,8 +346,51 @@ impl Tenants {
             one_plan: rt.tenant.plan_changes.is_empty(),
             plan: plan.clone(),
             limits,
+            floors: SmallVec::new(),
         });
         (period, plan)
+    }
+
+    /// The raw sum of `meter` below which no usage alert can fire in `period`, if recorded
+    /// at alert epoch `epoch` for the cached period: the hot path then needs no look-up in
+    /// the alert state (which any change of that state outdates by moving the epoch).
+    #[inline]
+    pub(super) fn alert_floor(
+        &self,
+        tidx: u32,
+        meter: MeterId,
+        period: Period,
+        epoch: u64,
+    ) -> Option<Decimal> {
+        let c = self.list[tidx as usize].cache.as_ref()?;
+        if c.period != period {
+            return None;
+        }
+        c.floors
+            .iter()
+            .find(|f| f.0 == meter && f.2 == epoch)
+            .map(|f| f.1)
+    }
+
+    /// Records [`Self::alert_floor`] for the cached period (nothing if `period` is not it).
+    pub(super) fn set_alert_floor(
+        &mut self,
+        tidx: u32,
+        meter: MeterId,
+        period: Period,
+        floor: Decimal,
+        epoch: u64,
+    ) {
+        let Some(c) = self.list[tidx as usize].cache.as_mut() else {
+            return;
+        };
+        if c.period != period {
+            return;
+        }
+        match c.floors.iter_mut().find(|f| f.0 == meter) {
+            Some(f) => *f = (meter, floor, epoch),
+            None => c.floors.push((meter, floor, epoch)),
+        }
     }
 
     /// The tenant's limit of `meter` in `period`, if that is the cached period.
