@@ -131,10 +131,18 @@ fn run_processor(
     dedup_entries: usize,
     flush_every: u64,
 ) {
+    // A flush (which evicts the dedup set) at least every tenth of the window, as the
+    // flush interval is in production (5 s of a 1 h window).
+    let flush_every = flush_every.min((dedup_entries as u64 / 10).max(1_000));
     let mut f = Feeder::new(tenants, pool_size, dedup_entries, flush_every);
     // Warm up to the steady state: every tenant seen, the dedup set full.
-    f.run(dedup_entries.max(pool_size) + pool_size, CHUNK);
+    f.run(dedup_entries.max(pool_size) * 11 / 10 + pool_size, CHUNK);
     assert_eq!(f.other, 0, "every benchmark message must be counted");
+    let held = f.proc.dedup_entries();
+    assert!(
+        held >= dedup_entries * 9 / 10 && held <= dedup_entries * 13 / 10 + 1_000,
+        "the dedup set holds {held} entries, not about {dedup_entries}"
+    );
     g.bench_function(BenchmarkId::new(name, param), |b| {
         b.iter_custom(|iters| {
             let mut took = Duration::ZERO;

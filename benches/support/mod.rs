@@ -81,9 +81,12 @@ const PASS_DIGITS: usize = 7;
 ///
 /// Every pass over the pool writes a new pass number into each event id (`"id":"p0000001-..."`),
 /// so every message is a new event: nothing is a duplicate, all are counted. Kafka
-/// timestamps advance 1 ms per 10 events, so the 1 h dedup window never expires within a
-/// run: the dedup set is bounded by `pipeline.max_dedup_entries` instead, which is how a
-/// window of `rate x window` entries is simulated.
+/// timestamps (arrival times) advance by the dedup window plus the replay margin divided by
+/// `dedup_entries` per event, so that the set holds `dedup_entries` identities in the steady
+/// state, evicted by age as in production (`pipeline.max_dedup_entries` never drops an
+/// identity inside the window, so it cannot bound the set). Arrival times start 89 days
+/// ago and event times 90 days ago, so that no arrival time reaches the clock (where it
+/// would be capped) within a run.
 pub struct Feeder {
     pub proc: Processor,
     pool: Vec<Vec<u8>>,
@@ -93,6 +96,8 @@ pub struct Feeder {
     pass: u64,
     offset: i64,
     ts0: i64,
+    /// Arrival time step per event (ms).
+    ts_step: f64,
     flush_every: u64,
     since_flush: u64,
     pub counted: u64,
@@ -102,7 +107,7 @@ pub struct Feeder {
 impl Feeder {
     pub fn new(tenants: u32, pool_size: usize, dedup_entries: usize, flush_every: u64) -> Feeder {
         let c = config();
-        let start = Utc::now() - ChronoDuration::hours(1);
+        let start = Utc::now() - ChronoDuration::days(90);
         let mut pool = loadgen_payloads(pool_size, tenants, start);
         let mut digits_at = Vec::with_capacity(pool.len());
         let needle = br#""id":""#;
@@ -121,14 +126,17 @@ impl Feeder {
             *p = prefixed;
             digits_at.push(at + 1);
         }
+        let proc = processor(&c, usize::MAX);
+        let span_ms = proc.params().dedup_window_ms + proc.params().replay_margin_ms();
         let mut f = Feeder {
-            proc: processor(&c, dedup_entries),
+            proc,
+            ts_step: span_ms as f64 / dedup_entries.max(1) as f64,
             pool,
             digits_at,
             next: 0,
             pass: 0,
             offset: 0,
-            ts0: Utc::now().timestamp_millis(),
+            ts0: (Utc::now() - ChronoDuration::days(89)).timestamp_millis(),
             flush_every,
             since_flush: 0,
             counted: 0,
@@ -159,7 +167,7 @@ impl Feeder {
                 partition: 0,
                 offset: self.offset,
                 payload: Some(&self.pool[i]),
-                timestamp_ms: Some(self.ts0 + self.offset / 10),
+                timestamp_ms: Some(self.ts0 + (self.offset as f64 * self.ts_step) as i64),
             };
             self.offset += 1;
             match self.proc.process(&m, Utc::now()) {
