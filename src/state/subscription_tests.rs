@@ -259,3 +259,49 @@ fn a_tenant_created_by_an_event_survives_a_restore() {
     assert_eq!((t.tz.name(), t.anchor_day), ("Asia/Jerusalem", 16));
     assert_eq!(t.plan_at(now()).id, "pro");
 }
+
+/// A downgrade inside a period lowers the thresholds: the next event is judged against the
+/// new limit at once, although the raw sum below which nothing could fire on the old plan
+/// was cached with the tenant's period (the subscription change outdates it).
+#[test]
+fn a_downgrade_fires_the_lower_thresholds_at_the_next_event() {
+    let c = Config::from_toml_str(CONFIG).unwrap();
+    let mut p = processor(&c);
+    p.assign(0);
+    p.install(Restored {
+        partition: 0,
+        ..Default::default()
+    });
+    let evs = vec![
+        sub(
+            "u1",
+            "subscription.updated",
+            "2026-11-01T00:00:00Z",
+            r#"{"plan":"pro"}"#,
+        ),
+        call("c1", "2026-11-10T10:00:00Z", 300),
+        call("c2", "2026-11-10T11:00:00Z", 100),
+        sub(
+            "d1",
+            "subscription.updated",
+            "2026-11-10T12:00:00Z",
+            r#"{"plan":"basic"}"#,
+        ),
+        call("c3", "2026-11-10T13:00:00Z", 1),
+    ];
+    let out = feed(&mut p, 0, &evs);
+    assert!(out.iter().all(|o| *o == Outcome::Counted), "{out:?}");
+    let alerts = p.take_new_alerts();
+    // 400 of pro's 1000 minutes: nothing; 401 of basic's 100: 80%, 100% and overage.
+    assert_eq!(
+        alerts
+            .iter()
+            .map(|a| (a.kind.to_string(), a.event_id.to_string()))
+            .collect::<Vec<_>>(),
+        [
+            ("80%".to_string(), "c3".to_string()),
+            ("100%".to_string(), "c3".to_string()),
+            ("overage".to_string(), "c3".to_string())
+        ]
+    );
+}
