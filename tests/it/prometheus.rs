@@ -382,7 +382,7 @@ async fn prometheus_scrapes_the_series_the_rules_use() {
     assert!(alerting, "alerts: {alerts}");
     // A rule evaluated before the first scrape may be pending (CallmeterAbsent: no target
     // yet); once the target is scraped no health rule stays active.
-    const HEALTH: [&str; 8] = [
+    const HEALTH: [&str; 9] = [
         "CallmeterDown",
         "CallmeterAbsent",
         "CallmeterNotReady",
@@ -391,6 +391,7 @@ async fn prometheus_scrapes_the_series_the_rules_use() {
         "CallmeterNoSuccessfulFlush",
         "CallmeterConsumptionPaused",
         "CallmeterOutboxUndelivered",
+        "CallmeterMemoryUnholdable",
     ];
     let healthy = eventually(Duration::from_secs(30), || async {
         let Some(a) = prom.get("/api/v1/alerts", &[]).await else {
