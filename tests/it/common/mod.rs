@@ -719,8 +719,13 @@ tokens = ["test-token"]
             port = self.api_port,
             extra = self.extra,
         );
+        // Written to a temporary file and renamed into place: an instance started a moment
+        // before may still be reading the file, and must never see it truncated (it would
+        // start on the defaults: a flaky failure seen with two instances).
         let path = self.dir.join("callmeter.toml");
-        std::fs::write(&path, text).unwrap();
+        let tmp = self.dir.join(format!("{}.toml.tmp", unique("callmeter")));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
         path
     }
 
