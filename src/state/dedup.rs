@@ -90,7 +90,7 @@ impl DedupSet {
     /// The unit (ms) of stored arrival times: times are rounded up to it, so a duplicate is
     /// never missed at the window's edge (one arriving up to one unit beyond it may still be
     /// recognised).
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(super) fn unit_ms(&self) -> i64 {
         self.unit_ms
     }
@@ -323,7 +323,7 @@ impl DedupSet {
     }
 
     /// Heap bytes of the table.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(super) fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
     }

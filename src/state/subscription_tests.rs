@@ -79,6 +79,17 @@ fn processor(c: &Config) -> Processor {
     )
 }
 
+/// A processor owning partition 0, restored empty.
+fn owning_partition_0(c: &Config) -> Processor {
+    let mut p = processor(c);
+    p.assign(0);
+    p.install(Restored {
+        partition: 0,
+        ..Default::default()
+    });
+    p
+}
+
 fn feed(p: &mut Processor, from: usize, evs: &[String]) -> Vec<Outcome> {
     let ts0 = now().timestamp_millis() - 60_000;
     evs.iter()
@@ -108,12 +119,7 @@ fn code(o: &Outcome) -> Option<&'static str> {
 #[test]
 fn subscription_events_apply_in_order_and_replay_the_same() {
     let c = Config::from_toml_str(CONFIG).unwrap();
-    let mut p = processor(&c);
-    p.assign(0);
-    p.install(Restored {
-        partition: 0,
-        ..Default::default()
-    });
+    let mut p = owning_partition_0(&c);
     let evs = events();
     let out = feed(&mut p, 0, &evs);
     assert_eq!(out[0], Outcome::Counted);
@@ -211,12 +217,7 @@ fn subscription_events_apply_in_order_and_replay_the_same() {
 #[test]
 fn a_tenant_created_by_an_event_survives_a_restore() {
     let c = Config::from_toml_str(CONFIG).unwrap();
-    let mut p = processor(&c);
-    p.assign(0);
-    p.install(Restored {
-        partition: 0,
-        ..Default::default()
-    });
+    let mut p = owning_partition_0(&c);
     let mk = |tenant: &str, id: &str, data: &str| {
         format!(
             r#"{{"specversion":"1.0","id":"{id}","source":"b","type":"subscription.updated","subject":"{tenant}","time":"2026-11-16T00:00:00Z","data":{data}}}"#
@@ -266,12 +267,7 @@ fn a_tenant_created_by_an_event_survives_a_restore() {
 #[test]
 fn a_downgrade_fires_the_lower_thresholds_at_the_next_event() {
     let c = Config::from_toml_str(CONFIG).unwrap();
-    let mut p = processor(&c);
-    p.assign(0);
-    p.install(Restored {
-        partition: 0,
-        ..Default::default()
-    });
+    let mut p = owning_partition_0(&c);
     let evs = vec![
         sub(
             "u1",
