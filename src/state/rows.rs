@@ -177,9 +177,10 @@ impl Shared {
         p.keys().copied().collect()
     }
 
-    /// Counts one message taken from the source topic.
-    pub fn count_consumed(&self) {
-        self.consumed.fetch_add(1, Ordering::Relaxed);
+    /// Counts `n` messages taken from the source topic (the consuming loop adds them up and
+    /// publishes them at each housekeeping round: at most 64 messages or 1 ms late).
+    pub fn count_consumed(&self, n: u64) {
+        self.consumed.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Messages taken from the source topic since start.

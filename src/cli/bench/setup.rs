@@ -58,6 +58,10 @@ pub(super) fn plain_consumer(ks: &KafkaSettings, group: &str) -> anyhow::Result<
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
+    // The pipeline's fetch settings: the comparison is of what each does with the messages.
+    for (k, v) in crate::ingest::consumer::FETCH_DEFAULTS {
+        c.set(*k, *v);
+    }
     for (k, v) in &ks.properties {
         c.set(k, &v.0);
     }
