@@ -228,6 +228,7 @@ pub fn run(
             last_housekeeping = now;
             shared.count_consumed(std::mem::take(&mut consumed));
             let mut e = core.engine();
+            e.outbox.track_alert_latency(&core.tasks, &core.rt);
             e.collect_flush();
             e.install_restored(&restored_rx);
             e.seek_pending(&consumer, &topic);
@@ -324,7 +325,7 @@ pub fn run(
             }
         }
         for a in &e.proc.take_new_alerts() {
-            e.outbox.alert(a, ts, &core.tasks, &core.rt);
+            e.outbox.alert(a, ts);
         }
     }
 

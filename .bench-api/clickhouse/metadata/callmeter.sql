@@ -1,0 +1,2 @@
+ATTACH DATABASE callmeter
+ENGINE = Ordinary
