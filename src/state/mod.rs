@@ -95,6 +95,17 @@ pub enum Outcome {
     NotOwned,
 }
 
+/// What [`Processor::apply_rows`] changed.
+#[derive(Default)]
+struct Applied {
+    /// (meter, the row's new raw sum) of each row the event was added to.
+    rows: SmallVec<[(MeterId, Decimal); 6]>,
+    /// A row already included the event (restored with a later `through_offset`).
+    skipped: bool,
+    /// A row was created.
+    created: bool,
+}
+
 /// A partition's position and replay state.
 #[derive(Debug)]
 pub struct PartitionState {
@@ -415,56 +426,17 @@ impl Processor {
                 Ok(Some(Outcome::Duplicate))
             };
         }
-        // Every new total is checked before the event is recorded as seen: an event is either
-        // counted on all its meters or rejected whole, and the other totals stay exact.
-        let mut totals: SmallVec<[Decimal; 6]> = SmallVec::new();
-        // Whether the tenant has rows on other partitions (noted at the first meter): if not,
-        // its total is this row's.
-        let mut elsewhere: Option<bool> = None;
-        if !replay {
-            for &(mid, c) in &contributions {
-                let key = RowKey {
-                    tenant: tidx,
-                    meter: mid,
-                    period_start: period.start,
-                    partition: m.partition,
-                };
-                let def = catalog.meter(mid);
-                let cur = match self.shared.rows.get(&key) {
-                    Some(r) if m.offset < r.applied_from => {
-                        // Already included: not added again.
-                        totals.push(r.raw);
-                        continue;
-                    }
-                    Some(r) => r.raw,
-                    None => Decimal::ZERO,
-                };
-                let total = def.try_add(cur, c)?;
-                // The tenant's total over all its partitions must fit too (alerts, reads).
-                // Noting the partition before the event is applied is harmless if it is then
-                // rejected: a partition without the row adds nothing to the tenant's total.
-                let spans = match elsewhere {
-                    Some(s) => s,
-                    None => *elsewhere.insert(self.note_tenant_partition(tidx, m.partition)),
-                };
-                if spans
-                    && let Some((all, _)) = self.shared.try_tenant_raw(tidx, mid, period.start)?
-                {
-                    def.try_add(all, c)?;
-                }
-                totals.push(total);
-            }
-        }
-        let ps = self.partitions.get_mut(&m.partition).expect("owned");
-        ps.dedup.insert(key, arrival_ms);
-
-        ps.max_ts_ms = ps.max_ts_ms.max(arrival_ms);
         let wm_before = ps.watermark_us;
-        ps.watermark_us = ps.watermark_us.max(time_us);
-        if replay {
-            return Ok(None);
-        }
-        if (period.end + self.params.grace_secs).saturating_mul(1_000_000) < wm_before {
+        let late = (period.end + self.params.grace_secs).saturating_mul(1_000_000) < wm_before;
+        if replay || late {
+            // Seen (a replayed event rebuilds the dedup set and the watermark; a late one is
+            // not counted, but a copy of it is a duplicate).
+            ps.dedup.insert(key, arrival_ms);
+            ps.max_ts_ms = ps.max_ts_ms.max(arrival_ms);
+            ps.watermark_us = ps.watermark_us.max(time_us);
+            if replay {
+                return Ok(None);
+            }
             return Err(Rejection::new(
                 ErrorCode::PeriodClosed,
                 format!(
@@ -477,55 +449,21 @@ impl Processor {
                 ),
             ));
         }
-        let mut applied = false;
-        let mut skipped = false;
-        // Whether the tenant has rows on other partitions too (noted at the first row).
-        let mut spans: Option<bool> = elsewhere;
-        let mut created = false;
-        for ((mid, _), total) in contributions.into_iter().zip(totals) {
-            let key = RowKey {
-                tenant: tidx,
-                meter: mid,
-                period_start: period.start,
-                partition: m.partition,
-            };
-            let mut row = self.shared.rows.entry(key).or_insert_with(|| {
-                created = true;
-                RowState {
-                    period_end: period.end,
-                    raw: Decimal::ZERO,
-                    events: 0,
-                    applied_from: 0,
-                    dirty: false,
-                }
-            });
-            if m.offset < row.applied_from {
-                skipped = true;
-                continue;
-            }
-            row.raw = total;
-            row.events = row.events.saturating_add(1);
-            let raw = row.raw;
-            if !row.dirty {
-                row.dirty = true;
-                self.dirty_rows += 1;
-                self.partitions
-                    .get_mut(&m.partition)
-                    .expect("owned")
-                    .dirty
-                    .push(key);
-            }
-            drop(row);
-            applied = true;
-            let spans = match spans {
-                Some(s) => s,
-                None => *spans.insert(self.note_tenant_partition(tidx, m.partition)),
-            };
+        // Whether the tenant has rows on other partitions: then its total over all of them
+        // must fit too (alerts, reads). Noting the partition before the event is applied is
+        // harmless if it is then rejected: a partition without the row adds nothing.
+        let spans = !contributions.is_empty() && self.note_tenant_partition(tidx, m.partition);
+        let applied = self.apply_rows(tidx, period, m, &contributions, spans)?;
+        let ps = self.partitions.get_mut(&m.partition).expect("owned");
+        ps.dedup.insert(key, arrival_ms);
+        ps.max_ts_ms = ps.max_ts_ms.max(arrival_ms);
+        ps.watermark_us = ps.watermark_us.max(time_us);
+        for &(mid, raw) in &applied.rows {
             // The tenant's usage: this row, plus its rows on other partitions (rare).
             let raw = if spans {
                 match self.shared.try_tenant_raw(tidx, mid, period.start) {
                     Ok(Some((r, _))) => r,
-                    // Checked above; unreachable, but never a panic.
+                    // Checked when applied; unreachable, but never a panic.
                     _ => raw,
                 }
             } else {
@@ -533,11 +471,11 @@ impl Processor {
             };
             self.check_alerts(tidx, mid, period, &plan, raw, &ev);
         }
-        if created {
+        if applied.created {
             self.note_close(m.partition, period.end);
         }
         self.note_first_period(tidx, period.start);
-        if applied && self.params.raw_events {
+        if !applied.rows.is_empty() && self.params.raw_events {
             self.raw_events.push(RawEventRecord {
                 tenant: self.tenants.name(tidx).clone(),
                 event_id: ev.id.to_string(),
@@ -549,11 +487,112 @@ impl Processor {
                 offset: m.offset,
             });
         }
-        Ok(Some(if applied || !skipped {
+        Ok(Some(if !applied.rows.is_empty() || !applied.skipped {
             Outcome::Counted
         } else {
             Outcome::AlreadyCounted
         }))
+    }
+
+    /// Adds the event's contributions to its rows, in one pass: an event is counted on all
+    /// its meters or on none, so a total that would leave `Decimal(38, 9)` (on this row, or
+    /// over the tenant's partitions when it `spans` several) undoes the rows already changed
+    /// and rejects the event whole (`invalid_data`), and the other totals stay exact. Rows
+    /// whose stored `through_offset` is past the message already include it (`skipped`).
+    ///
+    /// Readers of [`Shared`] may see a row changed and then undone; flushes cannot, since
+    /// they are taken on this thread.
+    fn apply_rows(
+        &mut self,
+        tidx: u32,
+        period: Period,
+        m: &InMessage<'_>,
+        contributions: &[(MeterId, Decimal)],
+        spans: bool,
+    ) -> Result<Applied, Rejection> {
+        let mut done = Applied::default();
+        // (row, its raw sum and dirty flag before, whether it was created here)
+        let mut undo: SmallVec<[(RowKey, Decimal, bool, bool); 6]> = SmallVec::new();
+        let mut result = Ok(());
+        for &(mid, c) in contributions {
+            let key = RowKey {
+                tenant: tidx,
+                meter: mid,
+                period_start: period.start,
+                partition: m.partition,
+            };
+            let def = self.catalog.meter(mid);
+            if spans {
+                match self.shared.try_tenant_raw(tidx, mid, period.start) {
+                    Ok(Some((all, _))) => {
+                        if let Err(e) = def.try_add(all, c) {
+                            result = Err(Rejection::from(e));
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                }
+            }
+            let mut created = false;
+            let mut row = self.shared.rows.entry(key).or_insert_with(|| {
+                created = true;
+                RowState {
+                    period_end: period.end,
+                    raw: Decimal::ZERO,
+                    events: 0,
+                    applied_from: 0,
+                    dirty: false,
+                }
+            });
+            if m.offset < row.applied_from {
+                done.skipped = true;
+                continue;
+            }
+            let total = match def.try_add(row.raw, c) {
+                Ok(t) => t,
+                Err(e) => {
+                    drop(row);
+                    if created {
+                        self.shared.rows.remove(&key);
+                    }
+                    result = Err(Rejection::from(e));
+                    break;
+                }
+            };
+            undo.push((key, row.raw, row.dirty, created));
+            row.raw = total;
+            row.events = row.events.saturating_add(1);
+            row.dirty = true;
+            done.created |= created;
+            done.rows.push((mid, total));
+        }
+        if let Err(r) = result {
+            for (key, raw, dirty, created) in undo.into_iter().rev() {
+                if created {
+                    self.shared.rows.remove(&key);
+                } else if let Some(mut row) = self.shared.rows.get_mut(&key) {
+                    row.raw = raw;
+                    row.events = row.events.saturating_sub(1);
+                    row.dirty = dirty;
+                }
+            }
+            return Err(r);
+        }
+        for (key, _, was_dirty, _) in undo {
+            if !was_dirty {
+                self.dirty_rows += 1;
+                self.partitions
+                    .get_mut(&m.partition)
+                    .expect("owned")
+                    .dirty
+                    .push(key);
+            }
+        }
+        Ok(done)
     }
 
     /// Records that the tenant has rows on `partition`; returns whether it has rows on more

@@ -496,3 +496,94 @@ proptest! {
         prop_assert_eq!(store.totals(), expected);
     }
 }
+
+/// An event counted on several meters is counted on all or on none: when the second meter's
+/// total would leave `Decimal(38, 9)`, the first meter's row is put back as it was (value,
+/// event count, not dirty), a row created for it is removed, and the event is `invalid_data`.
+#[test]
+fn an_overflow_on_one_meter_undoes_the_others() {
+    let c = Config::from_toml_str(
+        r#"
+[pricing]
+default_plan = "free"
+[meters.a_units]
+event_type = "usage.units"
+aggregation = "sum"
+value = "units"
+where = { kind = "x" }
+[meters.b_milli]
+event_type = "usage.units"
+aggregation = "sum"
+value = "units"
+divisor = "0.001"
+rounding = "ceil"
+[plans.free]
+currency = "USD"
+"#,
+    )
+    .unwrap();
+    let (a, b) = (
+        c.catalog.meter_id("a_units").unwrap(),
+        c.catalog.meter_id("b_milli").unwrap(),
+    );
+    assert!(a < b, "a_units is added before b_milli");
+    let mut p = processor(&c);
+    fresh(&mut p);
+    let units = |tenant: &str, id: &str, u: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"s","type":"usage.units","subject":"{tenant}","time":"2026-11-20T10:00:00Z","data":{{"units":{u},"kind":"x"}}}}"#
+        )
+    };
+    // 4e25 units are 4e28 on b_milli; twice that is beyond Decimal(38, 9).
+    let big = "40000000000000000000000000";
+    let ts0 = now().timestamp_millis() - 60_000;
+    let out = feed(
+        &mut p,
+        0,
+        &[
+            units("acme", "u1", big),
+            units("acme", "u2", big),
+            units("acme", "u3", "1"),
+        ],
+        ts0,
+    );
+    assert_eq!(out[0], Outcome::Counted);
+    match &out[1] {
+        Outcome::Rejected(r) => assert_eq!(r.code, ErrorCode::InvalidData, "{r}"),
+        other => panic!("expected invalid_data, got {other:?}"),
+    }
+    assert_eq!(out[2], Outcome::Counted, "the next event counts on both");
+    let start = ts("2026-11-01T00:00:00Z");
+    assert_eq!(
+        usage(&p, "acme", "a_units", start),
+        Some("40000000000000000000000001".parse().unwrap())
+    );
+    let row = |p: &Processor, tenant: &str, m| {
+        let t = p.shared.tenants.get(tenant).unwrap();
+        p.shared.row(&RowKey {
+            tenant: t,
+            meter: m,
+            period_start: start,
+            partition: 0,
+        })
+    };
+    assert_eq!(
+        row(&p, "acme", a).unwrap().events,
+        2,
+        "u2 is not in a_units"
+    );
+    assert_eq!(row(&p, "acme", b).unwrap().events, 2);
+    assert_eq!(p.dirty_rows(), 2, "each row is dirty once");
+
+    // A row created for the first meter is removed: `zeta` has only a b_milli row (its
+    // first event is not of kind x), so a_units' row is new when b_milli overflows.
+    let other = format!(
+        r#"{{"specversion":"1.0","id":"z1","source":"s","type":"usage.units","subject":"zeta","time":"2026-11-20T10:00:00Z","data":{{"units":{big}}}}}"#
+    );
+    let out = feed(&mut p, 3, &[other, units("zeta", "z2", big)], ts0 + 10);
+    assert_eq!(out[0], Outcome::Counted);
+    assert!(matches!(&out[1], Outcome::Rejected(r) if r.code == ErrorCode::InvalidData));
+    assert!(row(&p, "zeta", a).is_none(), "no a_units row left for zeta");
+    assert_eq!(row(&p, "zeta", b).unwrap().events, 1);
+    assert_eq!(p.dirty_rows(), 3);
+}
