@@ -643,7 +643,14 @@ impl Processor {
         }
         let akey = (tidx, meter, period.start);
         let def = self.catalog.meter(meter);
-        let entry = self.alert_state.entry(akey).or_default();
+        // An entry is kept once a kind has fired: most (tenant, meter, period)s never reach
+        // a threshold, and theirs would cost more than their row. Until then the next
+        // trigger lives in the tenant's cached alert floor, and is computed again from
+        // nothing fired when that cache is outdated.
+        let mut unfired = AlertEntry::default();
+        let held = self.alert_state.get_mut(&akey);
+        let is_held = held.is_some();
+        let entry = held.unwrap_or(&mut unfired);
         let crossed = alerting::crossed(entry, plan, meter, def, limit, raw);
         if let Some(floor) = entry.1 {
             self.tenants
@@ -653,6 +660,9 @@ impl Processor {
             return;
         };
         let fired = entry.0.clone();
+        if !is_held {
+            self.alert_state.insert(akey, unfired);
+        }
         let fired_at = Utc::now();
         let tenant = self.tenants.name(tidx).clone();
         for k in &kinds {
