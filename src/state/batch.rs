@@ -105,7 +105,9 @@ pub struct Restored {
     pub first_periods: Vec<(String, i64)>,
     /// Stored subscription records at or below the checkpoint position, in partition order.
     pub subscriptions: Vec<SubscriptionRecord>,
-    /// (tenant, period_start) of the restored rows whose statement is stored.
+    /// (tenant, period_start) whose statement is stored, of the restored rows and of the
+    /// periods ending at or after the restore bound of the tenants with subscription
+    /// records from this partition.
     pub stated: Vec<(String, i64)>,
 }
 
@@ -224,6 +226,7 @@ impl Processor {
     }
 
     fn evict(&mut self) {
+        self.forget_closed_sub_periods();
         let grace = self.params.grace_secs;
         let window = self.params.dedup_window_ms;
         let margin = window.saturating_add(self.params.replay_margin_ms());

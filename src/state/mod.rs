@@ -120,9 +120,15 @@ pub struct PartitionState {
     pub max_ts_ms: i64,
     /// Position covered by the last successful flush.
     pub flushed_position: i64,
-    /// The earliest end + grace (Unix seconds) of a period with rows here and no statement
-    /// made yet: nothing closes before the watermark passes it.
+    /// The earliest end + grace (Unix seconds) of a period with rows here, or watched in
+    /// `sub_periods`, and no statement made yet: nothing closes before the watermark passes
+    /// it.
     next_close: i64,
+    /// (tenant, period start) -> period end of the open usage periods that must get their
+    /// statement when they close even without rows here: the periods of subscription events
+    /// counted on this partition, and periods whose statement a restore found stored (so
+    /// that it stays made until they close). See [`closing`].
+    sub_periods: FxHashMap<(u32, i64), i64>,
     dedup: DedupSet,
     dirty: Vec<RowKey>,
 }
@@ -138,6 +144,7 @@ impl PartitionState {
             max_ts_ms: i64::MIN,
             flushed_position: position,
             next_close: i64::MAX,
+            sub_periods: FxHashMap::default(),
             dedup: DedupSet::new(span_ms),
             dirty: Vec::new(),
         }
@@ -192,6 +199,10 @@ pub struct Processor {
     new_alerts: Vec<Alert>,
     /// (tenant, period start) whose statement is made (pending or stored).
     stated: FxHashSet<(u32, i64)>,
+    /// (tenant, period start) of watched periods (`PartitionState::sub_periods`) that closed
+    /// since the last flush: their `stated` entry is dropped after it, unless rows still
+    /// hold the period.
+    closed_sub_periods: Vec<(u32, i64)>,
     /// Statements for the next flush to write.
     pending_statements: Vec<Statement>,
     /// Statements to produce now.
@@ -219,6 +230,7 @@ impl Processor {
             pending_alerts: Vec::new(),
             new_alerts: Vec::new(),
             stated: FxHashSet::default(),
+            closed_sub_periods: Vec::new(),
             pending_statements: Vec::new(),
             new_statements: Vec::new(),
             raw_events: Vec::new(),
@@ -715,6 +727,11 @@ impl Processor {
             ps.max_ts_ms = c.max_ts_ms.min(Utc::now().timestamp_millis());
         }
         self.partitions.insert(p, ps);
+        let sub_times: Vec<(Arc<str>, i64)> = r
+            .subscriptions
+            .iter()
+            .map(|s| (s.tenant.clone(), s.effective_at))
+            .collect();
         self.install_subscriptions(r.subscriptions);
         for (t, start) in &r.first_periods {
             if let Some(tidx) = self.tenant_idx(t) {
@@ -761,6 +778,7 @@ impl Processor {
                 self.stated.insert((tidx, *start));
             }
         }
+        self.watch_restored_periods(p, &sub_times, &r.stated);
         for (t, meter, start, kind) in r.alerts {
             let Some(tidx) = self.tenant_idx(&t) else {
                 continue;
@@ -810,8 +828,10 @@ impl Processor {
         shared
             .alerts
             .retain(|(t, _, _), _| shared.tenant_partitions.contains_key(t));
-        self.stated
-            .retain(|(t, _)| shared.tenant_partitions.contains_key(t));
+        let watched = closing::watcher(&self.partitions);
+        self.stated.retain(|k| {
+            shared.tenant_partitions.contains_key(&k.0) || watched.as_ref().is_some_and(|w| w(k))
+        });
     }
 
     /// Positions to commit after a flush: `(partition, position)`.

@@ -119,6 +119,9 @@ impl Processor {
             (None, None) => unreachable!("checked above"),
         };
         self.apply_subscription(tidx, std::iter::once(rec.clone()));
+        // A counted event of the period containing `effective_at`: the period gets its
+        // statement when it closes, even without usage (see `closing`).
+        self.watch_period(m.partition, tidx, period);
         self.pending_subs.push(rec);
         if self.params.raw_events {
             self.raw_events.push(RawEventRecord {

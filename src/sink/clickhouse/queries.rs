@@ -210,6 +210,18 @@ pub fn restore_stated(db: &str) -> String {
     )
 }
 
+/// Restore: the (tenant, period) of the stored statements of the tenants with subscription
+/// records from a partition, of periods ending at or after a second, `(tenant_id,
+/// period_start)` (binds: partition, minimum period end). A period with only subscription
+/// events has no rows, so [`restore_stated`] does not find it.
+pub fn restore_subscription_stated(db: &str) -> String {
+    format!(
+        "SELECT DISTINCT tenant_id, toUInt32(period_start) FROM {db}.{USAGE_STATEMENTS} \
+         WHERE tenant_id IN (SELECT tenant_id FROM {db}.{SUBSCRIPTIONS} WHERE source_partition = ?) \
+         AND toUInt32(period_end) >= ?"
+    )
+}
+
 /// The columns of `usage_statements` in table order (the shape of
 /// [`super::rows::StatementRow`]).
 const STATEMENT_COLUMNS: &str = "statement_id, tenant_id, plan, currency, period_start, \
@@ -480,6 +492,7 @@ mod tests {
             stripe_reported(db),
             stripe_pending(db),
             restore_stated(db),
+            restore_subscription_stated(db),
             list_statements(db),
             report_statements(db),
             tenant_raw_events(db),
@@ -496,7 +509,8 @@ mod tests {
                             PARTITION_CHECKPOINTS,
                             CALL_EVENTS,
                             STRIPE_REPORTS,
-                            USAGE_STATEMENTS
+                            USAGE_STATEMENTS,
+                            SUBSCRIPTIONS
                         ]
                         .contains(&t.trim_end_matches(')')),
                         "{q}"

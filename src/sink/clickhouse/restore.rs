@@ -12,7 +12,9 @@ use crate::subscription::{SubscriptionRecord, parse_cycle};
 impl ClickHouse {
     /// Loads what a partition needs on assignment: its checkpoint, the rows of periods that
     /// can still take events (end + grace at or after the checkpoint watermark; all rows
-    /// without a checkpoint), their alerts, and each tenant's earliest period. Bounded by
+    /// without a checkpoint), their alerts, the stored statements of those periods and of
+    /// the same periods of the tenants with subscription records here, and each tenant's
+    /// earliest period. Bounded by
     /// four times `clickhouse.request_timeout` (it reads several tables).
     pub async fn restore(
         &self,
@@ -107,6 +109,13 @@ impl ClickHouse {
             .bind(min_end as u32)
             .fetch_all()
             .await?;
+        let sub_stated: Vec<(String, u32)> = self
+            .client
+            .query(&queries::restore_subscription_stated(&self.db))
+            .bind(partition as u32)
+            .bind(min_end as u32)
+            .fetch_all()
+            .await?;
         let first: Vec<(String, u32)> = self
             .client
             .query(&queries::restore_first_periods(&self.db))
@@ -129,7 +138,11 @@ impl ClickHouse {
             checkpoint: ck,
             committed: None,
             first_periods: first.into_iter().map(|(t, p)| (t, p as i64)).collect(),
-            stated: stated.into_iter().map(|(t, p)| (t, p as i64)).collect(),
+            stated: stated
+                .into_iter()
+                .chain(sub_stated)
+                .map(|(t, p)| (t, p as i64))
+                .collect(),
         })
     }
 
