@@ -242,7 +242,12 @@ impl Processor {
                 );
             }
             if ps.watermark_us != i64::MIN {
-                closed_before.insert(*p, ps.watermark_us.div_euclid(1_000_000) - grace);
+                let limit = ps.watermark_us.div_euclid(1_000_000) - grace;
+                // Only a row of a closed period goes: until the oldest is closed, the rows
+                // (up to millions) need not be looked at.
+                if ps.oldest_row_end < limit {
+                    closed_before.insert(*p, limit);
+                }
             }
         }
         if over_cap > 0 && self.dedup_over_cap == 0 {
@@ -258,19 +263,25 @@ impl Processor {
         }
         let before = self.shared.rows.len();
         let stated = &self.stated;
+        let mut oldest: FxHashMap<i32, i64> =
+            closed_before.keys().map(|p| (*p, i64::MAX)).collect();
         self.shared.rows.retain(|k, r| {
-            match closed_before.get(&k.partition) {
-                // Closed (period_end + grace < watermark), written, and its statement made.
-                Some(limit)
-                    if r.period_end < *limit
-                        && !r.dirty
-                        && stated.contains(&(k.tenant, k.period_start)) =>
-                {
-                    false
-                }
-                _ => true,
+            let Some(limit) = closed_before.get(&k.partition) else {
+                return true;
+            };
+            // Closed (period_end + grace < watermark), written, and its statement made.
+            let gone =
+                r.period_end < *limit && !r.dirty && stated.contains(&(k.tenant, k.period_start));
+            if !gone && let Some(o) = oldest.get_mut(&k.partition) {
+                *o = (*o).min(r.period_end);
             }
+            !gone
         });
+        for (p, o) in oldest {
+            if let Some(ps) = self.partitions.get_mut(&p) {
+                ps.oldest_row_end = o;
+            }
+        }
         if self.shared.rows.len() == before {
             return;
         }

@@ -182,14 +182,13 @@ impl Processor {
     }
 
     /// Notes a row of a period on partition `p` (created or restored): the earliest close
-    /// to watch for.
+    /// to watch for, and the earliest row end for eviction.
     #[inline]
     pub(super) fn note_close(&mut self, p: i32, period_end: i64) {
         let close = period_end.saturating_add(self.params.grace_secs);
-        if let Some(ps) = self.partitions.get_mut(&p)
-            && close < ps.next_close
-        {
-            ps.next_close = close;
+        if let Some(ps) = self.partitions.get_mut(&p) {
+            ps.next_close = ps.next_close.min(close);
+            ps.oldest_row_end = ps.oldest_row_end.min(period_end);
         }
     }
 

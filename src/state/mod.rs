@@ -124,6 +124,9 @@ pub struct PartitionState {
     /// `sub_periods`, and no statement made yet: nothing closes before the watermark passes
     /// it.
     next_close: i64,
+    /// The earliest period end (Unix seconds) of a row here, or lower: no row is evicted
+    /// before the watermark passes it plus the grace, so a flush looks at the rows only then.
+    oldest_row_end: i64,
     /// (tenant, period start) -> period end of the open usage periods that must get their
     /// statement when they close even without rows here: the periods of subscription events
     /// counted on this partition, and periods whose statement a restore found stored (so
@@ -144,6 +147,7 @@ impl PartitionState {
             max_ts_ms: i64::MIN,
             flushed_position: position,
             next_close: i64::MAX,
+            oldest_row_end: i64::MAX,
             sub_periods: FxHashMap::default(),
             dedup: DedupSet::new(span_ms),
             dirty: Vec::new(),
