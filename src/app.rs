@@ -62,7 +62,7 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, path: PathBuf) -> anyho
     let events = crate::api::routes::subscription::EventsProducer {
         producer: crate::ingest::consumer::producer(&config.settings.kafka)
             .context("creating the subscription event producer")?,
-        topic: config.settings.kafka.topic.clone(),
+        topic: config.settings.kafka.topic.as_str().into(),
     };
     // Prepaid wallets: balances derived from the rollups, alerts to the alerts topic.
     let alert_sink =

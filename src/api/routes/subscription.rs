@@ -27,7 +27,7 @@ use crate::subscription::{self, API_SOURCE, Change, Origin};
 #[derive(Clone)]
 pub struct EventsProducer {
     pub producer: FutureProducer,
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
 }
 
 /// The answer: the id of the event produced.

@@ -9,6 +9,7 @@
 //! ClickHouse (usage, wallets, Stripe, report, reconcile) take their statements from
 //! [`queries`] and run them through [`ClickHouse::client`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::Client;
@@ -83,9 +84,12 @@ fn exception_code(msg: &str) -> Option<u32> {
     rest[..end].parse().ok()
 }
 
-/// The ClickHouse side of the pipeline.
+/// The ClickHouse side of the pipeline. Cheap to clone (one reference count): the HTTP API
+/// clones it with its state for every request.
 #[derive(Clone)]
-pub struct ClickHouse {
+pub struct ClickHouse(Arc<Conn>);
+
+struct Conn {
     /// Queries name tables fully; inserts use bare names against this client's database.
     client: Client,
     /// Without a default database (for `CREATE DATABASE`).
@@ -102,12 +106,12 @@ impl ClickHouse {
             .with_user(&s.user)
             .with_password(&s.password)
             .with_validation(false);
-        ClickHouse {
+        ClickHouse(Arc::new(Conn {
             client: admin.clone().with_database(&s.database),
             admin,
             db: s.database.clone(),
             timeout: s.request_timeout,
-        }
+        }))
     }
 
     /// Runs `fut` (one or more requests) bounded by `clickhouse.request_timeout`.
@@ -115,25 +119,25 @@ impl ClickHouse {
         &self,
         fut: impl Future<Output = Result<T, SinkError>>,
     ) -> Result<T, SinkError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.0.timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(SinkError::Timeout(self.timeout)),
+            Err(_) => Err(SinkError::Timeout(self.0.timeout)),
         }
     }
 
     /// The client, its default database the configured one (run [`queries`] through it).
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.0.client
     }
 
     /// The configured database (the `db` argument of [`queries`]).
     pub fn database(&self) -> &str {
-        &self.db
+        &self.0.db
     }
 
     /// `db.table`.
     pub fn table(&self, t: &str) -> String {
-        format!("{}.{}", self.db, t)
+        format!("{}.{}", self.0.db, t)
     }
 
     /// Creates the database and every table that is missing; changes nothing that exists.
@@ -142,14 +146,15 @@ impl ClickHouse {
     }
 
     async fn migrate_inner(&self) -> Result<Vec<String>, SinkError> {
-        self.admin
-            .query(&queries::create_database(&self.db))
+        self.0
+            .admin
+            .query(&queries::create_database(&self.0.db))
             .execute()
             .await?;
         let mut applied = Vec::new();
-        for (name, stmts) in queries::migration_statements(&self.db) {
+        for (name, stmts) in queries::migration_statements(&self.0.db) {
             for body in stmts {
-                self.admin.query(&body).execute().await?;
+                self.0.admin.query(&body).execute().await?;
             }
             applied.push(name.to_string());
         }
@@ -159,7 +164,7 @@ impl ClickHouse {
     /// Round-trip check.
     pub async fn ping(&self) -> Result<(), SinkError> {
         self.timed(async {
-            self.admin.query(queries::PING).fetch_one::<u8>().await?;
+            self.0.admin.query(queries::PING).fetch_one::<u8>().await?;
             Ok(())
         })
         .await
@@ -176,8 +181,9 @@ impl ClickHouse {
         let (v, n): (i128, u64) = self
             .timed(async {
                 Ok(self
+                    .0
                     .client
-                    .query(&queries::tenant_meter_usage(&self.db))
+                    .query(&queries::tenant_meter_usage(&self.0.db))
                     .bind(tenant)
                     .bind(meter)
                     .bind(dt(period_start))

@@ -22,7 +22,7 @@ impl ClickHouse {
         partition: i32,
         grace_secs: i64,
     ) -> Result<Restored, SinkError> {
-        let bound = self.timeout.saturating_mul(4);
+        let bound = self.0.timeout.saturating_mul(4);
         tokio::time::timeout(bound, self.restore_inner(topic, partition, grace_secs))
             .await
             .unwrap_or(Err(SinkError::Timeout(bound)))
@@ -35,8 +35,9 @@ impl ClickHouse {
         grace_secs: i64,
     ) -> Result<Restored, SinkError> {
         let ck = self
+            .0
             .client
-            .query(&queries::restore_checkpoint(&self.db))
+            .query(&queries::restore_checkpoint(&self.0.db))
             .bind(topic)
             .bind(partition as u32)
             .fetch_all::<(i64, i64, i64)>()
@@ -57,16 +58,18 @@ impl ClickHouse {
         };
         let min_end = min_end.max(0);
         let state: Vec<(String, String, u32, u32, i128, u64, i64)> = self
+            .0
             .client
-            .query(&queries::restore_state(&self.db))
+            .query(&queries::restore_state(&self.0.db))
             .bind(topic)
             .bind(partition as u32)
             .bind(min_end as u32)
             .fetch_all()
             .await?;
         let rollups: Vec<(String, String, u32, i64)> = self
+            .0
             .client
-            .query(&queries::restore_rollups(&self.db))
+            .query(&queries::restore_rollups(&self.0.db))
             .bind(topic)
             .bind(partition as u32)
             .bind(min_end as u32)
@@ -94,31 +97,35 @@ impl ClickHouse {
             });
         }
         let alerts: Vec<(String, String, u32, String)> = self
+            .0
             .client
-            .query(&queries::restore_alerts(&self.db))
+            .query(&queries::restore_alerts(&self.0.db))
             .bind(topic)
             .bind(partition as u32)
             .bind(min_end as u32)
             .fetch_all()
             .await?;
         let stated: Vec<(String, u32)> = self
+            .0
             .client
-            .query(&queries::restore_stated(&self.db))
+            .query(&queries::restore_stated(&self.0.db))
             .bind(topic)
             .bind(partition as u32)
             .bind(min_end as u32)
             .fetch_all()
             .await?;
         let sub_stated: Vec<(String, u32)> = self
+            .0
             .client
-            .query(&queries::restore_subscription_stated(&self.db))
+            .query(&queries::restore_subscription_stated(&self.0.db))
             .bind(partition as u32)
             .bind(min_end as u32)
             .fetch_all()
             .await?;
         let first: Vec<(String, u32)> = self
+            .0
             .client
-            .query(&queries::restore_first_periods(&self.db))
+            .query(&queries::restore_first_periods(&self.0.db))
             .bind(topic)
             .bind(partition as u32)
             .fetch_all()
@@ -155,8 +162,9 @@ impl ClickHouse {
         position: i64,
     ) -> Result<Vec<SubscriptionRecord>, SinkError> {
         let subs: Vec<SubRow> = self
+            .0
             .client
-            .query(&queries::restore_subscriptions(&self.db))
+            .query(&queries::restore_subscriptions(&self.0.db))
             .bind(partition as u32)
             .bind(position)
             .fetch_all()
@@ -165,8 +173,9 @@ impl ClickHouse {
             return Ok(vec![]);
         }
         let details: Vec<DetailRow> = self
+            .0
             .client
-            .query(&queries::restore_subscription_details(&self.db))
+            .query(&queries::restore_subscription_details(&self.0.db))
             .bind(partition as u32)
             .bind(position)
             .fetch_all()
@@ -183,8 +192,9 @@ impl ClickHouse {
         tenant: &str,
     ) -> Result<Vec<SubscriptionRecord>, SinkError> {
         let subs: Vec<SubRow> = self
+            .0
             .client
-            .query(&queries::tenant_subscriptions(&self.db))
+            .query(&queries::tenant_subscriptions(&self.0.db))
             .bind(tenant)
             .fetch_all()
             .await?;
@@ -192,8 +202,9 @@ impl ClickHouse {
             return Ok(vec![]);
         }
         let details: Vec<DetailRow> = self
+            .0
             .client
-            .query(&queries::tenant_subscription_details(&self.db))
+            .query(&queries::tenant_subscription_details(&self.0.db))
             .bind(tenant)
             .fetch_all()
             .await?;

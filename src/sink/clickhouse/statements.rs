@@ -65,8 +65,9 @@ impl ClickHouse {
         limit: u32,
     ) -> Result<Vec<Statement>, SinkError> {
         let rows: Vec<StatementRow> = self
+            .0
             .client
-            .query(&queries::list_statements(&self.db))
+            .query(&queries::list_statements(&self.0.db))
             .bind(tenant)
             .bind(tenant)
             .bind(limit.min(MAX_LIST))
@@ -82,8 +83,9 @@ impl ClickHouse {
     /// Errors: ClickHouse unreachable or failing, or a stored decimal out of range.
     pub async fn all_statements(&self) -> Result<Vec<Statement>, SinkError> {
         let rows: Vec<StatementRow> = self
+            .0
             .client
-            .query(&queries::report_statements(&self.db))
+            .query(&queries::report_statements(&self.0.db))
             .fetch_all()
             .await?;
         let mut out = group(rows)?;

@@ -30,7 +30,7 @@ impl ClickHouse {
             self.insert_alerts_inner(&batch.alerts).await?;
         }
         if !batch.raw_events.is_empty() {
-            let mut ins = self.client.insert::<RawEventRow>(CALL_EVENTS).await?;
+            let mut ins = self.0.client.insert::<RawEventRow>(CALL_EVENTS).await?;
             for e in &batch.raw_events {
                 ins.write(&RawEventRow {
                     tenant_id: e.tenant.to_string(),
@@ -51,6 +51,7 @@ impl ClickHouse {
         }
         if !batch.subscriptions.is_empty() {
             let mut ins = self
+                .0
                 .client
                 .insert::<SubscriptionDetailRow>(SUBSCRIPTION_DETAILS)
                 .await?;
@@ -69,7 +70,11 @@ impl ClickHouse {
                 .await?;
             }
             ins.end().await?;
-            let mut ins = self.client.insert::<SubscriptionRow>(SUBSCRIPTIONS).await?;
+            let mut ins = self
+                .0
+                .client
+                .insert::<SubscriptionRow>(SUBSCRIPTIONS)
+                .await?;
             for r in &batch.subscriptions {
                 ins.write(&SubscriptionRow {
                     tenant_id: r.tenant.to_string(),
@@ -88,7 +93,7 @@ impl ClickHouse {
             ins.end().await?;
         }
         if !batch.rows.is_empty() {
-            let mut ins = self.client.insert::<StateRow>(ROLLUP_STATE).await?;
+            let mut ins = self.0.client.insert::<StateRow>(ROLLUP_STATE).await?;
             for r in &batch.rows {
                 ins.write(&StateRow {
                     source_topic: topic.to_string(),
@@ -105,7 +110,7 @@ impl ClickHouse {
                 .await?;
             }
             ins.end().await?;
-            let mut ins = self.client.insert::<RollupRow>(USAGE_ROLLUPS).await?;
+            let mut ins = self.0.client.insert::<RollupRow>(USAGE_ROLLUPS).await?;
             for r in &batch.rows {
                 ins.write(&RollupRow {
                     tenant_id: r.tenant.to_string(),
@@ -128,6 +133,7 @@ impl ClickHouse {
         }
         if !batch.checkpoints.is_empty() {
             let mut ins = self
+                .0
                 .client
                 .insert::<CheckpointRow>(PARTITION_CHECKPOINTS)
                 .await?;
@@ -152,7 +158,11 @@ impl ClickHouse {
         &self,
         statements: &[crate::statement::Statement],
     ) -> Result<(), SinkError> {
-        let mut ins = self.client.insert::<StatementRow>(USAGE_STATEMENTS).await?;
+        let mut ins = self
+            .0
+            .client
+            .insert::<StatementRow>(USAGE_STATEMENTS)
+            .await?;
         for s in statements {
             for r in StatementRow::from_statement(s) {
                 ins.write(&r).await?;
@@ -168,7 +178,7 @@ impl ClickHouse {
     }
 
     async fn insert_alerts_inner(&self, alerts: &[Alert]) -> Result<(), SinkError> {
-        let mut ins = self.client.insert::<AlertRow>(USAGE_ALERTS).await?;
+        let mut ins = self.0.client.insert::<AlertRow>(USAGE_ALERTS).await?;
         for a in alerts {
             ins.write(&AlertRow::from_alert(a)).await?;
         }
