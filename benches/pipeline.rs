@@ -104,6 +104,30 @@ fn pipeline(c: &mut Criterion) {
         );
     }
 
+    // The cost-growth table's large cases (BENCHMARKS.md), a minute or more each to warm
+    // up: `PIPELINE_BENCH_LARGE=1 cargo bench --bench pipeline -- large`.
+    if bench_mode() && std::env::var_os("PIPELINE_BENCH_LARGE").is_some() {
+        run_processor(
+            &mut g,
+            "large_tenants",
+            1_000_000,
+            1_000_000,
+            // Every tenant in the pool.
+            1_000_000,
+            1_000_000,
+            flush_every,
+        );
+        run_processor(
+            &mut g,
+            "large_dedup_entries",
+            10_000,
+            50_000_000,
+            pool_size,
+            50_000_000,
+            flush_every,
+        );
+    }
+
     // The real path by dedup entries held (window x arrival rate), 10,000 tenants.
     if bench_mode() {
         for entries in [100_000usize, 10_000_000] {
