@@ -22,7 +22,15 @@
 //! Decisions that a replay must repeat are functions of the partition's messages only: the
 //! dedup test compares Kafka timestamps (the arrival time), the future-event test uses the
 //! message timestamp as the clock, and the closed-period test uses the watermark rebuilt from
-//! the checkpoint and the replayed events.
+//! the checkpoint and the replayed events. Whatever a message's tenant decides (unknown
+//! tenant, `no_subscription`, currency, its usage period, and for a subscription event the
+//! checks of [`crate::subscription::resolve`]) is judged against the tenant as it was at
+//! the message's offset: its configuration with the subscription records of the events
+//! before the message in the partition's order, never one restored from a later event
+//! (a restore applies every stored record up to the checkpoint, which the replay below it
+//! reads again; see `Tenants::at_offset`). A replayed message that passes these tests
+//! rebuilds the dedup set and the watermark; one that fails them leaves both as its first
+//! reading did.
 //!
 //! # Rooms
 //!
@@ -61,7 +69,7 @@ use crate::statement::Statement;
 
 use alerting::AlertEntry;
 use dedup::{DedupSet, dedup_key};
-use tenants::Tenants;
+use tenants::{Earlier, Tenants};
 
 pub use alerting::{AlertKey, Kinds};
 pub use batch::{Checkpoint, FlushBatch, RawEventRecord, Restored, RollupRecord, StoredRow};
@@ -372,7 +380,7 @@ impl Processor {
         if let Some(ps) = self.partitions.get(&m.partition) {
             ps.dedup.prefetch(key);
         }
-        let tidx = self.tenant_idx(&ev.subject).ok_or_else(|| {
+        let unknown = || {
             Rejection::new(
                 ErrorCode::UnknownTenant,
                 format!(
@@ -380,7 +388,16 @@ impl Processor {
                     ev.subject
                 ),
             )
-        })?;
+        };
+        let tidx = self.tenant_idx(&ev.subject).ok_or_else(unknown)?;
+        // A replayed message is judged against the tenant as it was at its offset, not
+        // against records restored from later events (see `Tenants::at_offset`).
+        let earlier = if replay {
+            self.tenants
+                .at_offset(tidx, m.partition, m.offset, &catalog)
+        } else {
+            None
+        };
         let time_us = ev.time.timestamp_micros();
         if ev.time.timestamp_millis() > arrival_ms.saturating_add(self.params.skew_ms) {
             return Err(Rejection::new(
@@ -391,8 +408,21 @@ impl Processor {
                 ),
             ));
         }
-        let (period, plan) = self.tenants.period_and_plan(tidx, ev.time);
-        if let Some(since) = self.tenants.canceled_before(tidx, ev.time) {
+        let (period, plan, canceled) = match earlier {
+            None => {
+                let (period, plan) = self.tenants.period_and_plan(tidx, ev.time);
+                (period, plan, self.tenants.canceled_before(tidx, ev.time))
+            }
+            Some(Earlier {
+                tenant: Some(t), ..
+            }) => (
+                t.period_at(ev.time),
+                t.terms_at(ev.time).plan.clone(),
+                t.canceled_before(ev.time),
+            ),
+            Some(Earlier { tenant: None, .. }) => return Err(unknown()),
+        };
+        if let Some(since) = canceled {
             return Err(Rejection::new(
                 ErrorCode::NoSubscription,
                 format!(
@@ -713,6 +743,10 @@ impl Processor {
     pub fn install(&mut self, r: Restored) {
         let p = r.partition;
         self.drop_partition_state(p);
+        // Records of an earlier ownership go too: the partition's records are then those
+        // restored and those applied as its events are read, in offset order (which judging
+        // a replayed message at its offset relies on).
+        self.revoke_subscriptions(p);
         let ck_pos = r.checkpoint.as_ref().map(|c| c.position).unwrap_or(0);
         // The checkpoint alone says what is counted: the group's committed offset may lie
         // beyond it when ClickHouse lost data (CONTRACT section 5).

@@ -301,3 +301,76 @@ fn a_downgrade_fires_the_lower_thresholds_at_the_next_event() {
         ]
     );
 }
+
+/// A replay judges each message against the subscription records of the events before it,
+/// not against the ones a restore applied from later events. acme cancels (offset 1), a call
+/// after the cancellation is refused (offset 2), and a later event re-subscribes acme from a
+/// time before that call (offset 3); the checkpoint is past all three. Replayed from the
+/// start, the call must fail again as `no_subscription`: it leaves the watermark and the dedup
+/// set alone, so past the checkpoint a late October call still counts (not `period_closed`
+/// under a watermark in November) and a copy of the refused call counts (not `duplicate`).
+#[test]
+fn a_replay_judges_a_call_against_the_subscription_at_its_offset() {
+    let c = Config::from_toml_str(CONFIG).unwrap();
+    let evs = vec![
+        call("c1", "2026-10-20T10:00:00Z", 10),
+        sub("x1", "subscription.canceled", "2026-10-25T00:00:00Z", "{}"),
+        call("c2", "2026-11-05T10:00:00Z", 5),
+        sub(
+            "u1",
+            "subscription.updated",
+            "2026-10-27T00:00:00Z",
+            r#"{"plan":"basic","effective_at":"2026-10-26T00:00:00Z"}"#,
+        ),
+        // Past the checkpoint (position 4).
+        call("c3", "2026-10-28T10:00:00Z", 7),
+        call("c2", "2026-11-05T10:00:00Z", 5),
+    ];
+
+    // One run without a crash.
+    let mut p = owning_partition_0(&c);
+    let first = feed(&mut p, 0, &evs[..4]);
+    assert_eq!(first[..2], [Outcome::Counted, Outcome::Counted]);
+    assert_eq!(code(&first[2]), Some("no_subscription"));
+    assert_eq!(first[3], Outcome::Counted);
+    let batch = p.snapshot();
+    let ck = batch.checkpoints[0].clone();
+    assert_eq!(ck.position, 4);
+    assert_eq!(
+        ck.watermark_us,
+        DateTime::parse_from_rfc3339("2026-10-27T00:00:00Z")
+            .unwrap()
+            .timestamp_micros(),
+        "the refused call did not move the watermark"
+    );
+    let entries = p.dedup_entries();
+    assert_eq!(entries, 3, "c1, x1 and u1; not the refused c2");
+    let after = feed(&mut p, 4, &evs);
+    assert_eq!(after, [Outcome::Counted, Outcome::Counted]);
+
+    // Restored at the checkpoint (both records applied, the re-subscription from offset 3
+    // included) and replayed from the start: the same decisions.
+    let mut r = processor(&c);
+    r.assign(0);
+    r.install(Restored {
+        partition: 0,
+        subscriptions: batch.subscriptions.clone(),
+        checkpoint: Some(ck.clone()),
+        replay_from: 0,
+        ..Default::default()
+    });
+    assert_eq!(r.shared().tenant("acme").unwrap().plan_changes.len(), 2);
+    let replayed = feed(&mut r, 0, &evs[..4]);
+    assert!(
+        replayed.iter().all(|o| *o == Outcome::Replayed),
+        "{replayed:?}"
+    );
+    assert_eq!(r.partition(0).unwrap().watermark_us, ck.watermark_us);
+    assert_eq!(r.dedup_entries(), entries);
+    assert_eq!(feed(&mut r, 4, &evs), after);
+    // Readers saw the tenant as counted all along.
+    assert_eq!(
+        r.shared().tenant("acme").unwrap().plan_changes,
+        p.shared().tenant("acme").unwrap().plan_changes
+    );
+}

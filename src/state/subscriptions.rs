@@ -8,7 +8,11 @@
 //!
 //! Replay: a restore loads the records at or below the checkpoint position only (see
 //! `ClickHouse::restore`), so every record past it is applied again when its event is read
-//! again, exactly as the first time; its rows are the same (same key, same version).
+//! again, exactly as the first time; its rows are the same (same key, same version). The
+//! records it loads are applied at once (readers see the tenant as counted), but a message
+//! replayed below the checkpoint, this module's events as the usage, is judged against the
+//! tenant as it was at the message's offset: without the records of that message and the
+//! later ones (`Tenants::at_offset`), so that it passes or fails as when first read.
 
 use chrono::DateTime;
 
@@ -48,9 +52,21 @@ impl Processor {
         }
         let catalog = self.catalog.clone();
         let tidx = self.tenant_idx(&ev.subject);
-        let current = tidx
-            .filter(|t| self.tenants.is_known(*t))
-            .map(|t| self.tenants.tenant(t).clone());
+        // The tenant this event is checked against: the one in effect, or when it is
+        // replayed below the checkpoint, the one in effect at its offset (restored records
+        // of this event and later ones left out).
+        let earlier = match tidx {
+            Some(t) if replay => self.tenants.at_offset(t, m.partition, m.offset, &catalog),
+            _ => None,
+        };
+        let (current, base) = match earlier {
+            None => (
+                tidx.filter(|t| self.tenants.is_known(*t))
+                    .map(|t| self.tenants.tenant(t).clone()),
+                tidx.map(|t| self.tenants.tenant(t).clone()),
+            ),
+            Some(e) => (e.tenant.clone().filter(|_| e.known), e.tenant),
+        };
         let rec = subscription::resolve(
             &catalog,
             current.as_deref(),
@@ -62,8 +78,7 @@ impl Processor {
                 offset: m.offset,
             },
         )?;
-        // The tenant in effect with this record applied (a new tenant: created by it).
-        let base = tidx.map(|t| self.tenants.tenant(t).clone());
+        // The tenant with this record applied (a new tenant: created by it).
         let preview = subscription::merge(
             &catalog,
             &ev.subject,

@@ -3,7 +3,9 @@
 //! effect plus a cache of its current usage period, plan and limits (so that the hot path
 //! reads neither the catalog nor the tenant's plan changes), and the subscription records
 //! applied to it (CONTRACT section 10; the tenant in effect is its configured state with
-//! them laid over, [`crate::subscription::merge`]). Pure.
+//! them laid over, [`crate::subscription::merge`]), and the tenant as it was at an earlier
+//! offset of a partition, which a replayed message is judged against
+//! ([`Tenants::at_offset`]). Pure.
 
 use std::sync::{Arc, RwLock};
 
@@ -82,12 +84,26 @@ struct TenantRt {
     first_period: Option<i64>,
     /// Subscription records applied, in partition order.
     subs: Vec<SubscriptionRecord>,
+    /// The last answer of [`Tenants::at_offset`] that was not the tenant in effect: the
+    /// partition, how many of its records it left out, and the tenant without them. Dropped
+    /// whenever `subs` or the catalog changes.
+    earlier: Option<(i32, usize, Earlier)>,
     /// A copy of the tenant's `Shared::tenant_partitions` entry (empty: not known here), so
     /// that the hot path reads it from the line it already holds.
     partitions: SmallVec<[i32; 2]>,
 }
 
 type TenantKey = SmallVec<[u8; 24]>;
+
+/// A tenant as it was before a given message of a partition ([`Tenants::at_offset`]).
+#[derive(Debug, Clone)]
+pub(super) struct Earlier {
+    /// The tenant then; `None`: unknown then (not configured, no default plan, and not yet
+    /// created by a subscription event).
+    pub(super) tenant: Option<Arc<Tenant>>,
+    /// Known as a subscriber then, as [`Tenants::is_known`] says of the tenant in effect.
+    pub(super) known: bool,
+}
 
 /// The processor's tenants, indexed by their registry id.
 #[derive(Debug, Default)]
@@ -133,6 +149,7 @@ impl Tenants {
                     cache: None,
                     first_period: None,
                     subs: Vec::new(),
+                    earlier: None,
                     partitions: SmallVec::new(),
                 });
             }
@@ -142,6 +159,7 @@ impl Tenants {
                 cache: None,
                 first_period: None,
                 subs: Vec::new(),
+                earlier: None,
                 partitions: SmallVec::new(),
             });
         }
@@ -173,6 +191,7 @@ impl Tenants {
                 cache: None,
                 first_period: None,
                 subs: Vec::new(),
+                earlier: None,
                 partitions: SmallVec::new(),
             });
         }
@@ -183,6 +202,7 @@ impl Tenants {
                 cache: None,
                 first_period: None,
                 subs: Vec::new(),
+                earlier: None,
                 partitions: SmallVec::new(),
             });
         }
@@ -225,6 +245,51 @@ impl Tenants {
             rt.tenant = t;
         }
         rt.cache = None;
+        rt.earlier = None;
+    }
+
+    /// The tenant a message at `offset` of `partition` is judged against, when that is not
+    /// the tenant in effect: the rule is that a message is judged against the subscription
+    /// records of events before it in its partition's order (`through_offset <= offset`;
+    /// records of other partitions always count), as when it was first read.
+    ///
+    /// The tenant in effect holds more only while a restored partition replays below its
+    /// checkpoint: the restore applies every stored record up to the checkpoint position
+    /// (so that readers see the tenant as counted), and the replay then reads again the
+    /// events of the later ones. For such a message this returns the tenant without the
+    /// records from that message on; `None` when no applied record comes from the message
+    /// or a later one of the partition (always so past the checkpoint, where records are
+    /// applied as their events are read). Records of one partition are applied in offset
+    /// order, so the records left out are told apart by their number (the cache's key).
+    pub(super) fn at_offset(
+        &mut self,
+        tidx: u32,
+        partition: i32,
+        offset: i64,
+        catalog: &Catalog,
+    ) -> Option<Earlier> {
+        let rt = &mut self.list[tidx as usize];
+        let later = |r: &SubscriptionRecord| r.partition == partition && r.through_offset > offset;
+        let left_out = rt.subs.iter().filter(|r| later(r)).count();
+        if left_out == 0 {
+            return None;
+        }
+        if let Some((p, n, e)) = &rt.earlier
+            && *p == partition
+            && *n == left_out
+        {
+            return Some(e.clone());
+        }
+        let before: Vec<SubscriptionRecord> =
+            rt.subs.iter().filter(|r| !later(r)).cloned().collect();
+        // As `remerge` builds the tenant in effect, from the records before the message.
+        let tenant =
+            subscription::merge(catalog, &rt.name, catalog.tenants.get(&*rt.name), &before)
+                .or_else(|| catalog.tenant(&rt.name));
+        let known = !before.is_empty() || tenant.as_ref().is_some_and(|t| t.configured);
+        let e = Earlier { tenant, known };
+        rt.earlier = Some((partition, left_out, e.clone()));
+        Some(e)
     }
 
     /// Drops the records that came from `partition` (revoked); returns the tenants whose
@@ -300,6 +365,7 @@ impl Tenants {
                     t.tenant = nt;
                 }
                 t.cache = None;
+                t.earlier = None;
             } else {
                 Self::remerge(t, catalog);
                 out.push((t.name.clone(), t.tenant.clone()));

@@ -702,15 +702,13 @@ fn messages(events: &[(u8, u32, u64, u16)]) -> Vec<String> {
 }
 
 /// Messages with subscription events: (kind, tenant, id, duration, day since 2026-08-01),
-/// in day order with a little disorder. Kinds 0 and 1 are calls, 2 and 3 a
-/// `subscription.updated` (to `starter` with 0..2 add-on units or to `free`, effective up
-/// to 3 days before its time). `solo` (tenant 3), created by the first message, never
-/// calls, so its periods have only subscription events; its kind 3 is a
-/// `subscription.canceled`. Cancellations are kept to `solo`, and calls and subscription
-/// events have ids of their own: a replay judges events below the checkpoint against every
-/// restored subscription record (later ones included), so a call refused as
-/// `no_subscription` can pass in the replay, and that divergence is not what this test is
-/// about.
+/// in day order with a little disorder. Kinds 0 and 1 are calls, 2 a
+/// `subscription.updated` (to `starter` with 0..2 add-on units or to `free`), 3 a
+/// `subscription.canceled`, each effective up to 3 days before its time (so a later change
+/// can reach back before an earlier call). `solo` (tenant 3), created by the first message,
+/// never calls, so its periods have only subscription events. Calls and subscription events
+/// draw their ids from one range: a call and a subscription event can be copies of one
+/// identity, so a decision on either decides the other's dedup.
 fn messages_with_subscriptions(events: &[(u8, u8, u32, u64, u16)]) -> Vec<String> {
     let mut ev = events.to_vec();
     ev.sort_by_key(|e| e.4 / 3);
@@ -730,9 +728,17 @@ fn messages_with_subscriptions(events: &[(u8, u8, u32, u64, u16)]) -> Vec<String
     out.extend(ev.iter().map(|&(kind, t, id, ms, day)| {
         let tenant = ["acme", "t1", "t2", "solo"][t as usize % 4];
         let kind = if tenant == "solo" { 2 + kind % 2 } else { kind };
+        let id = format!("e{id}");
+        let effective = at(day, ms as i64 % 4);
         match kind {
-            0 | 1 if tenant != "solo" => call(tenant, &format!("c{id}"), &at(day, 0), ms),
-            3 if tenant == "solo" => sub(tenant, &format!("s{id}"), "canceled", &at(day, 0), "{}"),
+            0 | 1 => call(tenant, &id, &at(day, 0), ms),
+            3 => sub(
+                tenant,
+                &id,
+                "canceled",
+                &at(day, 0),
+                &format!(r#"{{"effective_at":"{effective}"}}"#),
+            ),
             _ => {
                 let zone = if tenant == "acme" {
                     ""
@@ -747,11 +753,8 @@ fn messages_with_subscriptions(events: &[(u8, u8, u32, u64, u16)]) -> Vec<String
                 } else {
                     r#""plan":"free""#.to_string()
                 };
-                let data = format!(
-                    r#"{{{plan}{zone},"effective_at":"{}"}}"#,
-                    at(day, ms as i64 % 4)
-                );
-                sub(tenant, &format!("s{id}"), "updated", &at(day, 0), &data)
+                let data = format!(r#"{{{plan}{zone},"effective_at":"{effective}"}}"#);
+                sub(tenant, &id, "updated", &at(day, 0), &data)
             }
         }
     }));
