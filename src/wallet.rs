@@ -545,8 +545,8 @@ impl Wallets {
                     .set(state.balance.try_into().unwrap_or(0.0));
             }
             // Alerts only from a consistent view: this instance's partitions restored.
-            let has =
-                tenant.plan_for_period(state.period, now).wallet.is_some() && self.shared.ready();
+            let has = tenant.plan_for_period(state.period, now).wallet.is_some()
+                && self.shared.partitions_ready();
             let due = due_alerts(&state, has, &self.fired(&id, state.period.start));
             self.states.insert(id.clone(), state.clone());
             for kind in due {

@@ -9,7 +9,7 @@
 #![no_main]
 #![allow(dead_code)]
 
-#[path = "../../src/event.rs"]
+#[path = "../../src/event/mod.rs"]
 mod event;
 #[path = "../../src/meter.rs"]
 mod meter;

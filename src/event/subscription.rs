@@ -21,7 +21,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Rejection, invalid, object};
+use super::Rejection;
+use super::data::{invalid, object};
 
 /// `type` of a subscription change.
 pub const SUBSCRIPTION_UPDATED: &str = "subscription.updated";

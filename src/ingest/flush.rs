@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::consumer::GroupConsumer;
 use super::outbox::{self, Pending};
 use super::{Core, Engine};
+use crate::health::Source;
 use crate::sink::clickhouse::{ClickHouse, SinkError, flush_backoff};
 use crate::state::{FlushBatch, Shared};
 use crate::telemetry as t;
@@ -70,9 +71,6 @@ pub(super) struct Flusher {
     /// Retry interval after a permanent error (`clickhouse.permanent_error_retry`).
     pub(super) permanent_retry: Duration,
 }
-
-/// The [`crate::health::Health`] problem a permanent ClickHouse error sets.
-pub(super) const CLICKHOUSE_PROBLEM: &str = "clickhouse";
 
 impl Engine {
     /// Snapshot plus the deliveries it depends on and the positions to commit. Statements
@@ -229,7 +227,7 @@ impl Flusher {
             };
             match res {
                 Ok(()) => {
-                    self.shared.health.clear(CLICKHOUSE_PROBLEM);
+                    self.shared.health.clear(Source::ClickHouse);
                     break;
                 }
                 Err(e) => {
@@ -240,7 +238,7 @@ impl Flusher {
                             "flush to ClickHouse failed with a permanent error (state kept, nothing committed); an operator must fix it");
                         self.shared
                             .health
-                            .set(CLICKHOUSE_PROBLEM, format!("flush failed: {e}"));
+                            .set(Source::ClickHouse, format!("clickhouse: flush failed: {e}"));
                         self.permanent_retry
                     } else {
                         tracing::warn!(error = %e, rows, "flush to ClickHouse failed; retrying");

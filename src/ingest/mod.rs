@@ -393,7 +393,7 @@ fn publish_gauges(e: &Engine, shared: &Shared) {
     metrics::gauge!(t::DEDUP_OVER_CAP).set(proc.dedup_over_cap() as f64);
     metrics::gauge!(t::STATE_ROWS).set(shared.row_count() as f64);
     metrics::gauge!(t::PARTITIONS_OWNED).set(shared.owned_partitions().len() as f64);
-    let ready = shared.ready() && shared.health.problems().is_empty();
+    let ready = shared.readiness().is_ready();
     metrics::gauge!(t::READY).set(if ready { 1.0 } else { 0.0 });
     for (p, pos) in proc.positions() {
         let label = p.to_string();

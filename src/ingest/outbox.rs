@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use crate::alerts::Alert;
 use crate::config::KafkaSettings;
 use crate::event::Rejection;
+use crate::health::Source;
 use crate::state::Shared;
 use crate::telemetry as t;
 
@@ -266,7 +267,7 @@ fn too_large(e: &KafkaError) -> bool {
 /// refused as too large at once, cut). Returns the messages still undelivered when
 /// `deadline` passes, or when `shutdown` is cancelled and there is no deadline (the final
 /// flush takes them over); empty once all are delivered. While messages wait after a failure,
-/// `shared` carries the reason `/readyz` reports.
+/// `shared.health` carries the reason `/readyz` reports ([`Source::Outbox`]).
 pub(super) async fn ensure_delivered(
     producer: &FutureProducer,
     mut pending: Vec<Pending>,
@@ -328,7 +329,7 @@ pub(super) async fn ensure_delivered(
                         msg.topic
                     );
                     tracing::warn!(reason = %why, "produce failed; retrying");
-                    shared.set_outbox_blocked(Some(why));
+                    shared.health.set(Source::Outbox, why);
                 }
                 later.push(msg);
             }
@@ -356,7 +357,7 @@ pub(super) async fn ensure_delivered(
             return pending;
         }
     }
-    shared.set_outbox_blocked(None);
+    shared.health.clear(Source::Outbox);
     pending
 }
 

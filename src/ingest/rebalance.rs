@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, GroupConsumer, RebalanceHandler};
 use super::{Core, Engine, start};
+use crate::health::Source;
 use crate::sink::clickhouse::{ClickHouse, flush_backoff};
 use crate::state::{Params, Restored, Shared};
 use crate::telemetry as t;
@@ -225,7 +226,8 @@ impl Restorer {
                     Some(Err(e)) => {
                         tracing::error!(partition, error = %e, "partition cannot start: kept unready");
                         self.shared
-                            .set_partition_error(partition, Some(e.to_string()));
+                            .health
+                            .set(Source::Partition(partition), e.to_string());
                         blocked.set(1.0);
                         Duration::from_secs(30)
                     }
@@ -241,7 +243,7 @@ impl Restorer {
                 _ = cancel.cancelled() => {}
             }
         };
-        self.shared.set_partition_error(partition, None);
+        self.shared.health.clear(Source::Partition(partition));
         blocked.set(0.0);
         let Some((mut restored, replay_from)) = done else {
             return;

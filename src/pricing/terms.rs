@@ -26,7 +26,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::{Arith, BillingCycle, Plan, PricingError, Tenant, limit_with};
+use super::plan::limit_with;
+use super::{Arith, BillingCycle, Plan, PricingError, Tenant};
 use crate::meter::MeterId;
 use crate::period::Period;
 
@@ -206,4 +207,22 @@ impl Tenant {
         let segs = self.segments(period, now);
         governing_segment(&segs, self, period, now)
     }
+}
+
+/// The plans in effect during `period` with the seconds each was in effect (changes after
+/// `now` are not yet in effect), canceled stretches included under the plan left.
+/// Consecutive stretches of one plan are merged. See [`Tenant::segments`] for the whole
+/// state of each stretch.
+pub fn plan_segments(t: &Tenant, period: Period, now: DateTime<Utc>) -> Vec<(Arc<Plan>, i64)> {
+    let mut out: Vec<(Arc<Plan>, i64)> = Vec::new();
+    for s in t.segments(period, now) {
+        if let Some(last) = out.last_mut()
+            && last.0.id == s.plan.id
+        {
+            last.1 += s.secs;
+            continue;
+        }
+        out.push((s.plan.clone(), s.secs));
+    }
+    out
 }

@@ -16,6 +16,7 @@ use smallvec::SmallVec;
 use super::alerting::{AlertKey, Kinds};
 use super::tenants::TenantRegistry;
 use crate::config::Catalog;
+use crate::health::{Health, Readiness, Source};
 use crate::meter::MeterId;
 use crate::pricing::Tenant;
 
@@ -69,15 +70,13 @@ pub struct Shared {
     /// Messages the consuming loop took from the source topic since start (progress, for
     /// `callmeter bench` and tests).
     pub(super) consumed: AtomicU64,
-    /// Why an owned partition cannot consume (e.g. its start position), by partition.
-    pub(super) partition_errors: RwLock<BTreeMap<i32, String>>,
-    /// Why dead-letter messages or alerts wait for the broker (`None`: nothing waits long).
-    pub(super) outbox_blocked: RwLock<Option<String>>,
     /// Tenant id -> the tenant in effect, for tenants with subscription events applied here
     /// (CONTRACT section 10).
     pub(super) subscribed: DashMap<String, Arc<Tenant>>,
-    /// Problems that make the instance unready (e.g. a permanent ClickHouse error).
-    pub health: crate::health::Health,
+    /// Problems that make the instance unready, by source (a permanent ClickHouse error,
+    /// undelivered dead-letter messages or alerts, a partition that cannot start); read
+    /// through [`Self::readiness`].
+    pub health: Health,
 }
 
 impl Shared {
@@ -88,11 +87,9 @@ impl Shared {
             alerts: DashMap::with_hasher(FxBuildHasher),
             catalog: ArcSwap::new(catalog),
             partitions: RwLock::new(Default::default()),
-            partition_errors: RwLock::new(Default::default()),
             tenant_partitions: DashMap::with_hasher(FxBuildHasher),
             first_periods: DashMap::new(),
             consumed: AtomicU64::new(0),
-            outbox_blocked: RwLock::new(None),
             subscribed: DashMap::new(),
             health: Default::default(),
         })
@@ -188,47 +185,28 @@ impl Shared {
         self.consumed.load(Ordering::Relaxed)
     }
 
-    /// Records why dead-letter messages or alerts are not delivered (`None` once they are);
-    /// `/readyz` answers 503 with it.
-    pub fn set_outbox_blocked(&self, reason: Option<String>) {
-        *self.outbox_blocked.write().expect("outbox status lock") = reason;
-    }
-
-    /// Why dead-letter messages or alerts are not delivered, if they are not.
-    pub fn outbox_blocked(&self) -> Option<String> {
-        self.outbox_blocked
-            .read()
-            .expect("outbox status lock")
-            .clone()
-    }
-
-    /// Ready: at least one partition owned, all owned partitions restored, and none marked
-    /// with an error ([`Self::set_partition_error`]).
-    pub fn ready(&self) -> bool {
-        let p = self.partitions.read().expect("partitions lock");
-        !p.is_empty() && p.values().all(|r| *r) && self.partition_errors().is_empty()
-    }
-
-    /// Marks a partition unready with `reason`, or clears the mark with `None`.
-    pub fn set_partition_error(&self, partition: i32, reason: Option<String>) {
-        let mut e = self
-            .partition_errors
-            .write()
-            .expect("partition errors lock");
-        match reason {
-            Some(r) => e.insert(partition, r),
-            None => e.remove(&partition),
-        };
-    }
-
-    /// The errors of owned partitions, by partition ascending.
-    pub fn partition_errors(&self) -> Vec<(i32, String)> {
+    /// The readiness verdict (`/readyz`, `callmeter_ready`): partitions restored and the
+    /// problems in [`Self::health`], of partitions only those this instance owns.
+    pub fn readiness(&self) -> Readiness {
         let owned = self.partitions.read().expect("partitions lock");
-        let e = self.partition_errors.read().expect("partition errors lock");
-        e.iter()
-            .filter(|(p, _)| owned.contains_key(p))
-            .map(|(p, r)| (*p, r.clone()))
-            .collect()
+        Readiness {
+            partitions_restored: !owned.is_empty() && owned.values().all(|r| *r),
+            problems: self.health.problems(|s| match s {
+                Source::Partition(p) => owned.contains_key(&p),
+                Source::ClickHouse | Source::Outbox => true,
+            }),
+        }
+    }
+
+    /// Partitions ready: at least one owned, all restored, and none that cannot start
+    /// ([`Source::Partition`]); other problems do not count (see [`Self::readiness`]).
+    pub fn partitions_ready(&self) -> bool {
+        let r = self.readiness();
+        r.partitions_restored
+            && !r
+                .problems
+                .iter()
+                .any(|(s, _)| matches!(s, Source::Partition(_)))
     }
 
     /// The raw sum of a tenant's meter in a period over the partitions held here, with the

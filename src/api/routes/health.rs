@@ -25,22 +25,13 @@ pub async fn healthz() -> &'static str {
     )
 )]
 pub async fn readyz(State(s): State<ApiState>) -> Response {
-    let outbox = s.shared.outbox_blocked();
-    let problems = s.shared.health.problems();
-    if outbox.is_none() && problems.is_empty() && s.shared.ready() {
+    let readiness = s.shared.readiness();
+    if readiness.is_ready() {
         return (StatusCode::OK, "ready\n").into_response();
     }
     let mut body = String::from("not ready\n");
-    for p in problems {
-        body.push_str(&p);
-        body.push('\n');
-    }
-    if let Some(why) = outbox {
-        body.push_str(&why);
-        body.push('\n');
-    }
-    for (_, reason) in s.shared.partition_errors() {
-        body.push_str(&reason);
+    for (_, message) in readiness.problems {
+        body.push_str(&message);
         body.push('\n');
     }
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()

@@ -235,7 +235,7 @@ pub(super) fn latency(
         assigned.clone(),
     )?;
     let ready = wait_for("pipeline ready", Duration::from_secs(120), || {
-        p.shared.ready()
+        p.shared.partitions_ready()
     })
     .and_then(|_| {
         wait_for("alerts reader assigned", Duration::from_secs(60), || {
