@@ -3,24 +3,18 @@
 //! rejection carries a decoder dead-letter code; the fast path accepts only what the general
 //! decoder accepts, with the same result; an accepted event is valid UTF-8.
 //!
-//! The decoder and meter modules are compiled in from the main crate's sources, so the target
-//! builds without the pipeline's Kafka and ClickHouse dependencies.
+//! It links the library (`callmeter = { path = ".." }`), so it follows the decoder wherever
+//! its code moves.
 
 #![no_main]
-#![allow(dead_code)]
-
-#[path = "../../src/event/mod.rs"]
-mod event;
-#[path = "../../src/meter.rs"]
-mod meter;
 
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use rust_decimal::Decimal;
 
-use event::ErrorCode;
-use meter::{Aggregation, FieldPath, MeterDef, Rounding, WhereValue};
+use callmeter::event::{self, ErrorCode};
+use callmeter::meter::{Aggregation, FieldPath, MeterDef, Rounding, WhereValue};
 
 const TYPES: [&str; 4] = [
     event::CALL_COMPLETED,
