@@ -18,8 +18,9 @@ use crate::cli::loadgen::{self, LoadSpec};
 use crate::config::{Config, KafkaSettings};
 use crate::ingest::consumer as kafka;
 
-/// Alert arrivals: (crossing event id, arrival since the run's base instant).
-type Arrivals = Vec<(String, Duration)>;
+/// Alert arrivals: (crossing event id, arrival since the run's base instant, the alert's
+/// `fired_at` in ms since the epoch).
+type Arrivals = Vec<(String, Duration, Option<i64>)>;
 
 fn alert_reader(
     ks: &KafkaSettings,
@@ -43,6 +44,7 @@ fn alert_reader(
         #[derive(serde::Deserialize)]
         struct A {
             event_id: String,
+            fired_at: String,
         }
         let mut out = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -57,7 +59,10 @@ fn alert_reader(
                     .payload()
                     .and_then(|p| serde_json::from_slice::<A>(p).ok())
                 {
-                    out.push((a.event_id, at));
+                    let fired = chrono::DateTime::parse_from_rfc3339(&a.fired_at)
+                        .ok()
+                        .map(|t| t.timestamp_millis());
+                    out.push((a.event_id, at, fired));
                 }
             }
         }
@@ -225,6 +230,8 @@ pub(super) fn latency(
     let telemetry = crate::telemetry::Telemetry::install();
     let p = Running::start(rt, c.clone())?;
     let base = Instant::now();
+    // The wall clock at `base`, to place the alerts' `fired_at` on the same time line.
+    let base_wall_ms = Utc::now().timestamp_millis();
     let stop = Arc::new(AtomicBool::new(false));
     let assigned = Arc::new(AtomicBool::new(false));
     let reader = alert_reader(
@@ -268,15 +275,34 @@ pub(super) fn latency(
     drained?;
     let samples: Vec<(&str, Duration, f64)> = arrivals
         .iter()
-        .filter_map(|(id, at)| {
+        .filter_map(|(id, at, _)| {
             sent.get(id)
                 .map(|s| (id.as_str(), *s, at.saturating_sub(*s).as_secs_f64() * 1e3))
         })
         .collect();
+    // Where the time goes: production -> fired (the event through the broker and the
+    // pipeline) and fired -> consumed (the alert through the producer, the broker and the
+    // reader), for the alerts measured below (ms; the clocks are this process's).
+    let measured_from = first_sent_ms(&sent) + o.latency_warmup.as_secs_f64() * 1e3;
+    let (mut ingress, mut egress): (Vec<f64>, Vec<f64>) = arrivals
+        .iter()
+        .filter_map(|(id, at, fired)| {
+            let s = sent.get(id)?.as_secs_f64() * 1e3;
+            let f = ((*fired)? - base_wall_ms) as f64;
+            (s >= measured_from).then_some((f - s, at.as_secs_f64() * 1e3 - f))
+        })
+        .unzip();
+    ingress.sort_by(|a, b| a.total_cmp(b));
+    egress.sort_by(|a, b| a.total_cmp(b));
     if let Some(path) = &o.latency_csv {
-        let mut csv = String::from("sent_ms,latency_ms,event_id\n");
+        let fired: HashMap<&str, i64> = arrivals
+            .iter()
+            .filter_map(|(id, _, f)| Some((id.as_str(), (*f)? - base_wall_ms)))
+            .collect();
+        let mut csv = String::from("sent_ms,latency_ms,fired_ms,event_id\n");
         for (id, s, l) in &samples {
-            csv.push_str(&format!("{:.3},{l:.3},{id}\n", s.as_secs_f64() * 1e3));
+            let f = fired.get(id).map(|f| f.to_string()).unwrap_or_default();
+            csv.push_str(&format!("{:.3},{l:.3},{f},{id}\n", s.as_secs_f64() * 1e3));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -350,6 +376,16 @@ pub(super) fn latency(
         format!("{warmup_max:.1} ms"),
         "",
     );
+    for (what, v) in [
+        ("production -> alert fired (event in, pipeline)", &ingress),
+        ("alert fired -> alert consumed (alert out)", &egress),
+    ] {
+        table.add(
+            format!("  of which {what}, p50 / p99"),
+            format!("{:.1} / {:.1} ms", quantile(v, 0.5), quantile(v, 0.99)),
+            "",
+        );
+    }
     let buckets = histogram(&telemetry.render(), crate::telemetry::ALERT_LATENCY);
     for q in [0.5, 0.99] {
         table.add(
@@ -364,6 +400,11 @@ pub(super) fn latency(
         );
     }
     Ok(())
+}
+
+/// The earliest production instant of the run, in ms since its base instant.
+fn first_sent_ms(sent: &HashMap<String, Duration>) -> f64 {
+    sent.values().min().map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 #[cfg(test)]

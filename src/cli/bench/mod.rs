@@ -99,7 +99,7 @@ pub struct Options {
     /// Keep the bench databases in ClickHouse (default: dropped at the end).
     #[arg(long)]
     pub keep: bool,
-    /// Write every alert's latency to this CSV file (sent_ms,latency_ms,event_id).
+    /// Write every alert's latency to this CSV file (sent_ms,latency_ms,fired_ms,event_id).
     #[arg(long)]
     pub latency_csv: Option<std::path::PathBuf>,
 }
