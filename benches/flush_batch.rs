@@ -1,5 +1,6 @@
-//! Building a ClickHouse flush batch with 100,000 dirty rows ([`Processor::snapshot`]) and
-//! writing it the way `callmeter run` does ([`ClickHouse::write_batch`]: RowBinary, LZ4,
+//! Building a ClickHouse flush batch with 100,000 dirty rows ([`Processor::snapshot`]: the
+//! cut, which is all the consuming thread does, then reading the rows, which the flush task
+//! does; `cut` times the first alone) and writing it the way `callmeter run` does ([`ClickHouse::write_batch`]: RowBinary, LZ4,
 //! HTTP) to the clickhouse crate's in-process mock server, which accepts and drops the
 //! bodies: serialisation, compression and a loopback HTTP exchange, no ClickHouse work.
 //! `callmeter bench` measures the same write against a real ClickHouse.
@@ -67,6 +68,22 @@ fn flush_batch(c: &mut Criterion) {
                 assert_eq!(batch.rows.len(), rows);
                 // Back to dirty, as after a failed flush (untimed).
                 p.unflushed(batch);
+            }
+            took
+        })
+    });
+
+    // The consuming thread's share: the cut alone (the rows are read untimed, as the flush
+    // task does, then returned to dirty).
+    g.bench_function(BenchmarkId::new("cut", rows), |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let cut = p.cut();
+                took += t.elapsed();
+                assert_eq!(cut.rows(), rows);
+                p.unflushed(cut.materialize());
             }
             took
         })

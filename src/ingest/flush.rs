@@ -1,12 +1,14 @@
-//! Flushing: take a snapshot of the processor, wait until every dead-letter message and
-//! alert produced before it is acknowledged (re-sent until it is: nothing is written or
-//! committed past an undelivered message; a flush that gives up hands the messages back to
-//! the outbox), write it to ClickHouse (retried with jittered
-//! backoff until it succeeds, or until shutdown or the deadline), then commit the
-//! snapshot's positions to the group. At most one flush is in flight: [`Core::start_flush`]
-//! hands a [`FlushJob`] (owned) to a task that answers with a [`FlushDone`] on a channel,
-//! which the consuming thread collects; [`Core::flush_now`] runs one on the consuming
-//! thread itself (revocation, shutdown), bounded by a deadline.
+//! Flushing: cut the processor's state (on the consuming thread, in a time that does not
+//! grow with the dirty rows), read the cut's rows (on a blocking thread, while consumption
+//! goes on: [`Cut::materialize`]), wait until every dead-letter message and alert produced
+//! before the cut is acknowledged (re-sent until it is: nothing is written or committed past
+//! an undelivered message; a flush that gives up hands the messages back to the outbox),
+//! write the batch to ClickHouse (retried with jittered backoff until it succeeds, or until
+//! shutdown or the deadline), then commit the checkpoints' positions to the group. At most
+//! one flush is in flight: [`Core::start_flush`] hands a [`FlushJob`] (owned) to a task that
+//! answers with a [`FlushDone`] on a channel, which the consuming thread collects;
+//! [`Core::flush_now`] runs one on the consuming thread itself (revocation, shutdown),
+//! bounded by a deadline.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
@@ -22,19 +24,19 @@ use super::outbox::{self, Pending};
 use super::{Core, Engine};
 use crate::health::Source;
 use crate::sink::clickhouse::{ClickHouse, SinkError, flush_backoff};
-use crate::state::{FlushBatch, Shared};
+use crate::state::{Cut, FlushBatch, Shared};
 use crate::telemetry as t;
 
-/// One flush's inputs: the snapshot, the deliveries it depends on, the positions to commit.
+/// One flush's inputs: the cut (its rows read by the flush task, not the consuming
+/// thread) and the deliveries it depends on.
 pub(super) struct FlushJob {
-    batch: FlushBatch,
+    cut: Cut,
     deliveries: Vec<Pending>,
-    positions: Vec<(i32, i64)>,
 }
 
 impl FlushJob {
     fn is_empty(&self) -> bool {
-        self.batch.is_empty() && self.deliveries.is_empty()
+        self.cut.is_empty() && self.deliveries.is_empty()
     }
 }
 
@@ -73,23 +75,18 @@ pub(super) struct Flusher {
 }
 
 impl Engine {
-    /// Snapshot plus the deliveries it depends on and the positions to commit. Statements
-    /// the snapshot made are produced here, so the flush writes them only once their
-    /// message is acknowledged (see [`crate::state`]'s period close).
+    /// The cut plus the deliveries it depends on. Statements the cut made are produced
+    /// here, so the flush writes them only once their message is acknowledged (see
+    /// [`crate::state`]'s period close). Its time does not grow with the dirty rows: they are
+    /// read by the flush task ([`Cut::materialize`]).
     fn take_job(&mut self) -> FlushJob {
-        let batch = self.proc.snapshot();
+        let cut = self.proc.cut();
         for st in &self.proc.take_new_statements() {
             self.outbox.statement(st);
         }
-        let positions = batch
-            .checkpoints
-            .iter()
-            .map(|c| (c.partition, c.position))
-            .collect();
         FlushJob {
-            batch,
+            cut,
             deliveries: self.outbox.take_pending(),
-            positions,
         }
     }
 
@@ -184,12 +181,35 @@ impl Core {
 impl Flusher {
     /// Awaits deliveries, writes the batch (retrying), commits positions.
     async fn run(self, job: FlushJob, deadline: Option<Duration>) -> FlushDone {
-        let FlushJob {
-            batch,
-            deliveries,
-            positions,
-        } = job;
+        let FlushJob { cut, deliveries } = job;
         let started = Instant::now();
+        // The rows' values at the cut, read at once (until then the consuming thread keeps
+        // a copy of each row of the cut it changes), off the runtime's workers.
+        let batch = match tokio::task::spawn_blocking(move || cut.materialize()).await {
+            Ok(b) => b,
+            Err(e) if e.is_panic() => {
+                // A panic while reading the rows: as after a panic on the consuming thread,
+                // the process ends and the restore rebuilds the state from what is stored.
+                tracing::error!(error = %e, "reading the flush's rows panicked: exiting");
+                std::process::exit(super::PANIC_EXIT);
+            }
+            Err(e) => {
+                // The runtime is shutting down: nothing is written or committed.
+                tracing::warn!(error = %e, "the flush's rows were not read (shutting down)");
+                return FlushDone {
+                    batch: None,
+                    ok: false,
+                    rows: 0,
+                    elapsed: started.elapsed(),
+                    undelivered: deliveries,
+                };
+            }
+        };
+        let positions: Vec<(i32, i64)> = batch
+            .checkpoints
+            .iter()
+            .map(|c| (c.partition, c.position))
+            .collect();
         let rows = batch.rows.len();
         let give_up = |me: &Self| {
             me.shutdown.is_cancelled() && deadline.is_none()

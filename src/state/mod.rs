@@ -72,7 +72,7 @@ use dedup::{DedupSet, dedup_key};
 use tenants::{Earlier, Tenants};
 
 pub use alerting::{AlertKey, Kinds};
-pub use batch::{Checkpoint, FlushBatch, RawEventRecord, Restored, RollupRecord, StoredRow};
+pub use batch::{Checkpoint, Cut, FlushBatch, RawEventRecord, Restored, RollupRecord, StoredRow};
 pub use rows::{RowKey, RowState, Shared};
 pub use tenants::TenantRegistry;
 
@@ -223,6 +223,9 @@ pub struct Processor {
     /// Subscription records applied since the last snapshot.
     pending_subs: Vec<crate::subscription::SubscriptionRecord>,
     dirty_rows: usize,
+    /// The flush epoch: rows changed now are dirty in it; [`Self::cut`] closes it (starts at
+    /// 1; a row's `dirty_epoch` of 0 means clean since restored).
+    epoch: u64,
     /// Dedup entries above `max_dedup_entries` kept at the last eviction (inside the window).
     dedup_over_cap: usize,
     key_buf: Vec<u8>,
@@ -248,6 +251,7 @@ impl Processor {
             raw_events: Vec::new(),
             pending_subs: Vec::new(),
             dirty_rows: 0,
+            epoch: 1,
             dedup_over_cap: 0,
             key_buf: Vec::with_capacity(256),
         }
@@ -557,8 +561,9 @@ impl Processor {
         spans: bool,
     ) -> Result<Applied, Rejection> {
         let mut done = Applied::default();
-        // (row, its raw sum and dirty flag before, whether it was created here)
-        let mut undo: SmallVec<[(RowKey, Decimal, bool, bool); 6]> = SmallVec::new();
+        // (row, its raw sum and dirty epoch before, whether it was created here)
+        let mut undo: SmallVec<[(RowKey, Decimal, u64, bool); 6]> = SmallVec::new();
+        let epoch = self.epoch;
         let mut result = Ok(());
         for &(mid, c) in contributions {
             let key = RowKey {
@@ -591,7 +596,7 @@ impl Processor {
                     raw: Decimal::ZERO,
                     events: 0,
                     applied_from: 0,
-                    dirty: false,
+                    dirty_epoch: 0,
                 }
             });
             if m.offset < row.applied_from {
@@ -609,27 +614,32 @@ impl Processor {
                     break;
                 }
             };
-            undo.push((key, row.raw, row.dirty, created));
+            if row.dirty_epoch != epoch {
+                // Dirty in the epoch of a flush still reading its rows: keep the value it
+                // reads.
+                self.shared.capture.freeze_if_captured(&key, &row);
+            }
+            undo.push((key, row.raw, row.dirty_epoch, created));
             row.raw = total;
             row.events = row.events.saturating_add(1);
-            row.dirty = true;
+            row.dirty_epoch = epoch;
             done.created |= created;
             done.rows.push((mid, total));
         }
         if let Err(r) = result {
-            for (key, raw, dirty, created) in undo.into_iter().rev() {
+            for (key, raw, dirty_epoch, created) in undo.into_iter().rev() {
                 if created {
                     self.shared.rows.remove(&key);
                 } else if let Some(mut row) = self.shared.rows.get_mut(&key) {
                     row.raw = raw;
                     row.events = row.events.saturating_sub(1);
-                    row.dirty = dirty;
+                    row.dirty_epoch = dirty_epoch;
                 }
             }
             return Err(r);
         }
-        for (key, _, was_dirty, _) in undo {
-            if !was_dirty {
+        for (key, _, dirty_before, _) in undo {
+            if dirty_before != epoch {
                 self.dirty_rows += 1;
                 self.partitions
                     .get_mut(&m.partition)
@@ -797,7 +807,7 @@ impl Processor {
                     raw: row.raw,
                     events: row.events,
                     applied_from: row.through_offset,
-                    dirty: row.rollup_stale,
+                    dirty_epoch: if row.rollup_stale { self.epoch } else { 0 },
                 },
             );
             self.note_close(p, row.period_end);
@@ -840,7 +850,12 @@ impl Processor {
         if let Some(ps) = self.partitions.remove(&p) {
             self.dirty_rows = self.dirty_rows.saturating_sub(ps.dirty.len());
         }
+        // Waits for a flush reading its rows (see `Cut::materialize`), which then writes
+        // nothing of this partition.
+        let mut generations = rows::lock(&self.shared.capture.generations);
+        *generations.entry(p).or_default() += 1;
         self.shared.rows.retain(|k, _| k.partition != p);
+        drop(generations);
         self.shared.tenant_partitions.retain(|_, v| {
             v.retain(|x| *x != p);
             !v.is_empty()

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use rust_decimal::Decimal;
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use smallvec::SmallVec;
 
 use super::alerting::{AlertKey, Kinds};
@@ -51,7 +51,45 @@ pub struct RowState {
     pub events: u64,
     /// Events at offsets below this are already included (the stored `through_offset`).
     pub applied_from: i64,
-    pub dirty: bool,
+    /// The flush epoch in which the row last changed (0: never since it was restored
+    /// clean). The row is dirty while this is the processor's current epoch; a flush's
+    /// [`super::Cut`] takes the rows of the epoch it closes.
+    pub dirty_epoch: u64,
+}
+
+/// What lets a flush read its rows after the cut, on another thread, while the consuming
+/// thread goes on applying events ([`super::Cut::materialize`]).
+///
+/// Lock order: `generations`, then a row's map shard, then `frozen`.
+#[derive(Debug, Default)]
+pub(super) struct Capture {
+    /// The epoch of the cut whose rows are being read, 0 if none: a row of that epoch
+    /// changed before it is read has its value at the cut copied to `frozen` first.
+    pub(super) epoch: AtomicU64,
+    /// Row -> (epoch, raw, events) at the cut of that epoch.
+    pub(super) frozen: Mutex<FxHashMap<RowKey, (u64, Decimal, u64)>>,
+    /// Partition -> how many times its state was dropped (revoked, lost, re-installed).
+    /// Held while a cut's rows are read, so a partition's rows are not dropped meanwhile;
+    /// a cut from an earlier generation of a partition writes nothing of it.
+    pub(super) generations: Mutex<FxHashMap<i32, u64>>,
+}
+
+impl Capture {
+    /// Keeps the value a row had at the cut being read, before it changes.
+    #[inline]
+    pub(super) fn freeze_if_captured(&self, key: &RowKey, row: &RowState) {
+        let epoch = row.dirty_epoch;
+        if epoch != 0 && self.epoch.load(Ordering::Acquire) == epoch {
+            lock(&self.frozen)
+                .entry(*key)
+                .or_insert((epoch, row.raw, row.events));
+        }
+    }
+}
+
+/// A lock whose holder cannot leave its data half-updated (plain inserts and reads).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// State shared between the consuming thread and the HTTP API.
@@ -77,6 +115,8 @@ pub struct Shared {
     /// undelivered dead-letter messages or alerts, a partition that cannot start); read
     /// through [`Self::readiness`].
     pub health: Health,
+    /// Rows of a flush being read after its cut.
+    pub(super) capture: Capture,
 }
 
 impl Shared {
@@ -92,6 +132,7 @@ impl Shared {
             consumed: AtomicU64::new(0),
             subscribed: DashMap::new(),
             health: Default::default(),
+            capture: Capture::default(),
         })
     }
 

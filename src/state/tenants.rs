@@ -41,6 +41,11 @@ impl TenantRegistry {
     pub fn name(&self, id: u32) -> Arc<str> {
         self.inner.read().expect("registry lock").1[id as usize].clone()
     }
+    /// The names of several ids, under one read lock.
+    pub fn names(&self, ids: impl Iterator<Item = u32>) -> Vec<Arc<str>> {
+        let g = self.inner.read().expect("registry lock");
+        ids.map(|id| g.1[id as usize].clone()).collect()
+    }
     fn intern(&self, name: &str) -> (u32, Arc<str>) {
         let mut g = self.inner.write().expect("registry lock");
         if let Some(id) = g.0.get(name) {
