@@ -17,7 +17,9 @@
 //! write and offset commit a crash interrupts, no event is counted twice or lost; and since a
 //! row at a given `through_offset` is a pure function of the partition's events, a zombie
 //! that lost a partition can only write rows that are either correct or older, and
-//! `ReplacingMergeTree(through_offset)` keeps the newest.
+//! `ReplacingMergeTree(through_offset)` keeps the newest. A flush's rows are those of its
+//! cut ([`Cut`]): taken on the consuming thread in constant time, read by the flush task
+//! while events go on being applied, each with its value at the cut (see [`batch`]).
 //!
 //! Decisions that a replay must repeat are functions of the partition's messages only: the
 //! dedup test compares Kafka timestamps (the arrival time), the future-event test uses the
@@ -34,14 +36,15 @@
 //!
 //! # Rooms
 //!
-//! - this module: [`Processor`] (decode, dedup, apply, snapshot, restore, evict), the
+//! - this module: [`Processor`] (decode, dedup, apply, cut, restore, evict), the
 //!   per-partition position state and the message and outcome types;
 //! - [`rows`]: rollup rows and [`Shared`], what the readers see;
 //! - [`dedup`]: the per-partition dedup set;
 //! - [`tenants`]: tenant ids, the per-tenant period and plan cache, subscription records;
 //! - `subscriptions`: subscription events (CONTRACT section 10) applied in partition order;
 //! - [`alerting`]: fired alert kinds and the next trigger;
-//! - [`batch`]: what a flush writes and a restore reads back;
+//! - [`batch`]: what a flush writes (the cut and the reading of its rows) and a restore
+//!   reads back;
 //! - [`closing`]: period close and the statements it makes.
 
 mod alerting;
@@ -220,7 +223,7 @@ pub struct Processor {
     /// Statements to produce now.
     new_statements: Vec<Statement>,
     raw_events: Vec<RawEventRecord>,
-    /// Subscription records applied since the last snapshot.
+    /// Subscription records applied since the last cut.
     pending_subs: Vec<crate::subscription::SubscriptionRecord>,
     dirty_rows: usize,
     /// The flush epoch: rows changed now are dirty in it; [`Self::cut`] closes it (starts at
