@@ -19,7 +19,8 @@
 //! that lost a partition can only write rows that are either correct or older, and
 //! `ReplacingMergeTree(through_offset)` keeps the newest. A flush's rows are those of its
 //! cut ([`Cut`]): taken on the consuming thread in constant time, read by the flush task
-//! while events go on being applied, each with its value at the cut (see [`Cut::materialize`]).
+//! while events go on being applied, each with its value at the cut
+//! ([`Cut::materialize`]).
 //!
 //! Decisions that a replay must repeat are functions of the partition's messages only: the
 //! dedup test compares Kafka timestamps (the arrival time), the future-event test uses the
