@@ -1,2 +1,0 @@
-ATTACH DATABASE callmeter
-ENGINE = Ordinary
