@@ -42,9 +42,7 @@ BIN=$ROOT/target/release/callmeter
 . scripts/local-servers.sh
 start_local_servers "$BENCH" memory bench-api
 API_PORT=$(free_port)
-for t in call-events:4 call-events.dlq:1 usage-alerts:1 usage-statements:1; do
-  create_topic "${t%%:*}" "${t##*:}"
-done
+create_pipeline_topics
 
 export CALLMETER_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
 export CALLMETER_CLICKHOUSE__URL="http://127.0.0.1:$CH_PORT"
@@ -54,9 +52,7 @@ CONFIG=examples/bench.toml
 "$BIN" migrate --config "$CONFIG" >/dev/null
 "$BIN" run --config "$CONFIG" >"$BENCH/callmeter.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2
-done
+wait_ready "$API_PORT"
 
 echo "bench-api: producing $EVENTS calls for $TENANTS tenants"
 "$BIN" loadgen --config "$CONFIG" --events "$EVENTS" --tenants "$TENANTS" --seed 7 >/dev/null

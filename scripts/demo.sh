@@ -40,9 +40,7 @@ echo "demo: starting the Stripe test server on 127.0.0.1:$STRIPE_PORT"
   >"$DEMO/stripe-test-server.log" 2>&1 &
 pids+=($!)
 
-for t in call-events:4 call-events.dlq:1 usage-alerts:1 usage-statements:1; do
-  create_topic "${t%%:*}" "${t##*:}"
-done
+create_pipeline_topics
 
 export CALLMETER_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
 export CALLMETER_CLICKHOUSE__URL="http://127.0.0.1:$CH_PORT"
@@ -63,9 +61,7 @@ echo "demo: starting the pipeline (log: .demo/callmeter.log, API: http://127.0.0
 "$BIN" run --config "$CONFIG" >"$DEMO/callmeter.log" 2>&1 &
 PIPE=$!
 pids+=($PIPE)
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2
-done
+wait_ready "$API_PORT"
 
 echo "demo: replaying $DATASET"
 "$BIN" replay --config "$CONFIG" --dataset "$DATASET" | tee "$DEMO/replay.out"

@@ -4,6 +4,10 @@
 #
 #   start_local_servers DIR ENGINE LABEL   (LABEL prefixes messages)
 #   create_topic NAME PARTITIONS           (on the broker started; retention unlimited)
+#   create_pipeline_topics                 (the default configuration's topics: events in
+#                                           4 partitions, dead letters, alerts, statements)
+#   wait_ready PORT                        (until the pipeline's /readyz on PORT answers 200,
+#                                           at most 60 s)
 #
 # BROKER=kafka (default): Apache Kafka, the version pinned in scripts/kafka/pom.xml
 #   (installed by scripts/setup.sh into .tools/kafka/libs), in KRaft combined mode
@@ -99,4 +103,16 @@ create_topic() {
     tansu topic create "$name" --partitions "$partitions" --config retention.ms=-1 \
       --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null
   fi
+}
+
+create_pipeline_topics() {
+  for t in call-events:4 call-events.dlq:1 usage-alerts:1 usage-statements:1; do
+    create_topic "${t%%:*}" "${t##*:}"
+  done
+}
+
+wait_ready() {
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.2
+  done
 }
