@@ -273,41 +273,44 @@ pub(super) fn latency(
     p.stop()?;
     let (sent, n, took) = produced?;
     drained?;
-    let samples: Vec<(&str, Duration, f64)> = arrivals
-        .iter()
-        .filter_map(|(id, at, _)| {
-            sent.get(id)
-                .map(|s| (id.as_str(), *s, at.saturating_sub(*s).as_secs_f64() * 1e3))
-        })
-        .collect();
-    // Where the time goes: production -> fired (the event through the broker and the
-    // pipeline) and fired -> consumed (the alert through the producer, the broker and the
-    // reader), for the alerts measured below (ms; the clocks are this process's).
-    let measured_from = first_sent_ms(&sent) + o.latency_warmup.as_secs_f64() * 1e3;
-    let (mut ingress, mut egress): (Vec<f64>, Vec<f64>) = arrivals
+    // Per alert: its event id, when the event was produced (since the base instant), the
+    // latency (ms), and when the alert fired (ms since the base instant, on the wall clock).
+    let samples: Vec<(&str, Duration, f64, Option<f64>)> = arrivals
         .iter()
         .filter_map(|(id, at, fired)| {
-            let s = sent.get(id)?.as_secs_f64() * 1e3;
-            let f = ((*fired)? - base_wall_ms) as f64;
-            (s >= measured_from).then_some((f - s, at.as_secs_f64() * 1e3 - f))
+            sent.get(id).map(|s| {
+                (
+                    id.as_str(),
+                    *s,
+                    at.saturating_sub(*s).as_secs_f64() * 1e3,
+                    fired.map(|f| (f - base_wall_ms) as f64),
+                )
+            })
         })
-        .unzip();
-    ingress.sort_by(|a, b| a.total_cmp(b));
-    egress.sort_by(|a, b| a.total_cmp(b));
+        .collect();
     if let Some(path) = &o.latency_csv {
-        let fired: HashMap<&str, i64> = arrivals
-            .iter()
-            .filter_map(|(id, _, f)| Some((id.as_str(), (*f)? - base_wall_ms)))
-            .collect();
         let mut csv = String::from("sent_ms,latency_ms,fired_ms,event_id\n");
-        for (id, s, l) in &samples {
-            let f = fired.get(id).map(|f| f.to_string()).unwrap_or_default();
+        for (id, s, l, f) in &samples {
+            let f = f.map(|f| f.to_string()).unwrap_or_default();
             csv.push_str(&format!("{:.3},{l:.3},{f},{id}\n", s.as_secs_f64() * 1e3));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
     let first_sent = sent.values().min().copied().unwrap_or_default();
     let warm = |s: &Duration| *s < first_sent + o.latency_warmup;
+    // Where the time goes: production -> fired (the event through the broker and the
+    // pipeline) and fired -> consumed (the alert through the producer, the broker and the
+    // reader), for the alerts measured below (ms; the clocks are this process's).
+    let (mut ingress, mut egress): (Vec<f64>, Vec<f64>) = samples
+        .iter()
+        .filter(|s| !warm(&s.1))
+        .filter_map(|(_, s, l, f)| {
+            let (s, f) = (s.as_secs_f64() * 1e3, (*f)?);
+            Some((f - s, s + l - f))
+        })
+        .unzip();
+    ingress.sort_by(|a, b| a.total_cmp(b));
+    egress.sort_by(|a, b| a.total_cmp(b));
     let warmup_max = samples
         .iter()
         .filter(|s| warm(&s.1))
@@ -400,11 +403,6 @@ pub(super) fn latency(
         );
     }
     Ok(())
-}
-
-/// The earliest production instant of the run, in ms since its base instant.
-fn first_sent_ms(sent: &HashMap<String, Duration>) -> f64 {
-    sent.values().min().map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 #[cfg(test)]
